@@ -1,0 +1,173 @@
+"""Weights: keras.applications -> mobilenet_tf transfer by layer name, and loading.
+
+Our weighted layers carry keras.applications' names, so its ImageNet weights
+copy across layer by layer. ``weights="imagenet"`` builds the matching
+keras.applications model (which downloads the weights), then copies them in.
+"""
+
+import os
+
+import numpy as np
+
+from mobilenet_tf._keras import LEGACY_KERAS, keras
+
+# Widths keras.applications publishes ImageNet weights for, per registry name.
+PUBLISHED_ALPHAS = {
+    "v1": (0.25, 0.5, 0.75, 1.0),
+    "v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    "v3_large": (0.75, 1.0),
+    "v3_small": (0.75, 1.0),
+    "v3_large_minimalistic": (1.0,),
+    "v3_small_minimalistic": (1.0,),
+}
+
+# Input sizes keras.applications has weight files for (others load the 224 files;
+# the weights do not depend on the input size).
+PUBLISHED_SIZES = {"v1": (128, 160, 192, 224), "v2": (96, 128, 160, 192, 224)}
+
+WEIGHTS_SUFFIXES = (".weights.h5",) if not LEGACY_KERAS else (".weights.h5", ".h5")
+
+
+def keras_application(
+    variant, *, alpha=1.0, input_shape=None, include_top=True, weights=None, classes=1000,
+    classifier_activation="softmax", pooling=None, depth_multiplier=1,
+):
+    """The keras.applications model that corresponds to a registry name.
+
+    Used to fetch ImageNet weights and, in tests and benchmarks, as the reference.
+    """
+    apps = keras.applications
+    common = dict(input_shape=input_shape, alpha=alpha, include_top=include_top, weights=weights,
+                  classes=classes, classifier_activation=classifier_activation, pooling=pooling)
+    if variant == "v1":
+        return apps.MobileNet(depth_multiplier=depth_multiplier, **common)
+    if variant == "v2":
+        return apps.MobileNetV2(**common)
+    if variant.startswith("v3_"):
+        size, _, minimal = variant[3:].partition("_")
+        constructor = apps.MobileNetV3Large if size == "large" else apps.MobileNetV3Small
+        return constructor(minimalistic=bool(minimal), **common)
+    raise ValueError(f"no keras.applications model corresponds to {variant!r}.")
+
+
+def check_weights_argument(
+    weights, variant, *, alpha, include_top, classes, channels, reduced_tail=False, depth_multiplier=1
+):
+    """Refuse a ``weights`` argument that cannot be honoured, before anything is built."""
+    if weights is None:
+        return
+    if weights == "imagenet":
+        published = PUBLISHED_ALPHAS[variant]
+        problems = []
+        if alpha not in published:
+            problems.append(f"alpha={alpha:g} (published widths: {', '.join(f'{a:g}' for a in published)})")
+        if include_top and classes != 1000:
+            problems.append(f"classes={classes} with include_top=True (ImageNet has 1000; "
+                            "use include_top=False for your own classes)")
+        if channels != 3:
+            problems.append(f"{channels} input channels (ImageNet weights need 3)")
+        if reduced_tail:
+            problems.append("reduced_tail=True (changes the last stage's shapes)")
+        if depth_multiplier != 1:
+            problems.append(f"depth_multiplier={depth_multiplier} (published: 1)")
+        if problems:
+            raise ValueError(
+                f"`weights='imagenet'` has no published weights for {variant} with "
+                + "; ".join(problems) + ". Use weights=None to train from scratch."
+            )
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"`weights` must be None, 'imagenet' or a path to a {' / '.join(WEIGHTS_SUFFIXES)} file; "
+            f"got {weights!r}."
+        )
+    path = os.fspath(weights)
+    if not path.endswith(WEIGHTS_SUFFIXES):
+        raise ValueError(
+            f"`weights` file {path!r} must end with {' or '.join(WEIGHTS_SUFFIXES)} "
+            "(as written by `model.save_weights`)."
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"`weights` file {path!r} does not exist.")
+
+
+def load_weights(model, weights, variant, *, alpha, include_top, input_shape, depth_multiplier=1):
+    """Fill ``model`` from ``weights`` (None, "imagenet" or a file path)."""
+    if weights is None:
+        return
+    if weights == "imagenet":
+        size = input_shape[0] if input_shape[0] == input_shape[1] else None
+        if size not in PUBLISHED_SIZES.get(variant, (224,)):
+            size = 224
+        try:
+            source = keras_application(
+                variant, alpha=alpha, input_shape=(size, size, 3), include_top=include_top,
+                weights="imagenet", depth_multiplier=depth_multiplier,
+            )
+        except Exception as error:  # network, disk or a broken download
+            raise RuntimeError(
+                f"could not get keras.applications' ImageNet weights for {variant} (alpha={alpha:g}): "
+                f"{error}. The weights are downloaded on first use and cached in ~/.keras/models; "
+                "check the internet connection, or load a local file with weights=PATH."
+            ) from error
+        load_keras_applications_weights(model, source)
+        return
+    try:
+        model.load_weights(os.fspath(weights))
+    except Exception as error:
+        raise ValueError(
+            f"could not load `weights` from {os.fspath(weights)!r}: the file is corrupt or was saved "
+            f"from a different architecture ({type(error).__name__}: {error})."
+        ) from error
+
+
+def load_keras_applications_weights(model, source_model):
+    """Copy a keras.applications MobileNet's weights into ``model``, layer by layer.
+
+    Every layer of ``model`` that holds weights must exist in ``source_model``
+    under the same name with the same weight shapes; extra source layers (a
+    classifier the target lacks) are ignored. tf_keras.applications' V3 uses
+    TF-slim names ("Conv/BatchNorm", "expanded_conv_1/expand"); those are read
+    as Keras 3's ("conv_bn", "expanded_conv_1_expand").
+
+    Args:
+        model: a mobilenet_tf model.
+        source_model: e.g. ``keras.applications.MobileNetV3Small(weights="imagenet")``.
+
+    Returns:
+        The names of the layers copied.
+
+    Raises:
+        ValueError: naming the first layer that is missing or differs in shape.
+    """
+    slim_names = {_from_slim_name(layer.name): layer for layer in source_model.layers}
+    sources = {**slim_names, **{layer.name: layer for layer in source_model.layers}}
+    pending = []
+    for layer in model.layers:
+        target = layer.get_weights()
+        if not target:
+            continue
+        source = sources.get(layer.name)
+        if source is None:
+            raise ValueError(
+                f"cannot transfer weights: layer {layer.name!r} of {model.name} has no counterpart "
+                f"in {source_model.name}. Are both the same family and include_top setting?"
+            )
+        values = source.get_weights()
+        target_shapes = [np.shape(w) for w in target]
+        source_shapes = [np.shape(w) for w in values]
+        if target_shapes != source_shapes:
+            raise ValueError(
+                f"cannot transfer weights: layer {layer.name!r} has weight shapes {target_shapes} in "
+                f"{model.name} but {source_shapes} in {source_model.name}. Do alpha, classes, "
+                "depth_multiplier and minimalistic agree?"
+            )
+        pending.append((layer, values))
+    for layer, values in pending:
+        layer.set_weights(values)
+    return [layer.name for layer, _ in pending]
+
+
+def _from_slim_name(name):
+    """tf_keras.applications' V3 layer name -> Keras 3's: "Conv/BatchNorm" -> "conv_bn"."""
+    return name.replace("/BatchNorm", "_bn").replace("/", "_").lower()

@@ -1,0 +1,25 @@
+from setuptools import setup
+
+setup(
+    name="mobilenet_tf",
+    version="0.1.0",
+    description="MobileNet V1/V2/V3 for Keras 3 with SSDLite, LR-ASPP, FaceNet heads, "
+                "compression and TFLite export",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["mobilenet_tf", "mobilenet_tf.heads"],
+    package_dir={"mobilenet_tf": "mobilenet_tf", "mobilenet_tf.heads": "heads"},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tf_keras",
+        "tensorflow-model-optimization",
+        "tensorflow-datasets",
+        "pycocotools",
+        "matplotlib",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["mobilenet-tf=mobilenet_tf.cli:main"]},
+)

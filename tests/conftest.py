@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Every (registry name, alpha) keras.applications publishes ImageNet weights for.
+PUBLISHED_VARIANTS = [("v1", a) for a in (0.25, 0.5, 0.75, 1.0)] + \
+    [("v2", a) for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)] + \
+    [(v, a) for v in ("v3_large", "v3_small") for a in (0.75, 1.0)] + \
+    [("v3_large_minimalistic", 1.0), ("v3_small_minimalistic", 1.0)]
+
+
+def randomize_batchnorm(model, seed=0):
+    """Give every BatchNormalization non-trivial gamma, beta and moving statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                rng.normal(0, 0.1, beta.shape).astype("float32"),
+                rng.normal(0, 0.1, mean.shape).astype("float32"),
+                rng.uniform(0.5, 1.5, var.shape).astype("float32"),
+            ])
+
+
+def run(model, x):
+    """Eager inference: numpy outputs (a dict for endpoint models). Cheaper than
+    ``predict``, which traces a function for every new model."""
+    out = model(x, training=False)
+    if isinstance(out, dict):
+        return {key: np.asarray(value) for key, value in out.items()}
+    return np.asarray(out)
+
+
+@pytest.fixture
+def images():
+    def make(n=2, size=96, low=-1.0, high=1.0, seed=0):
+        rng = np.random.default_rng(seed)
+        return rng.uniform(low, high, (n, size, size, 3)).astype("float32")
+    return make

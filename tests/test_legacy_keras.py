@@ -1,0 +1,55 @@
+"""The same builders under tf_keras (TF_USE_LEGACY_KERAS=1), as tensorflow-model-optimization needs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import mobilenet_tf
+
+SCRIPT = textwrap.dedent("""
+    import json, os, tempfile
+    import numpy as np
+    import tf_keras
+    import mobilenet_tf
+    from mobilenet_tf import _keras, weights
+    assert _keras.keras is tf_keras, _keras.keras
+    out = {"params": {}, "layer_types": set()}
+    for name in mobilenet_tf.list_models():
+        model = mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10)
+        assert isinstance(model, tf_keras.Model)
+        out["params"][name] = model.count_params()
+        out["layer_types"] |= {type(l).__name__ for l in model.layers}
+    feats = mobilenet_tf.build("v3_large", input_shape=(128, 128, 3), include_top=False,
+                               return_endpoints=True, output_stride=16, reduced_tail=True)
+    out["endpoints"] = {k: list(v.shape[1:]) for k, v in feats.output.items()}
+    # tf_keras.applications' V3 builds h-sigmoid from TFOpLambda layers; ours from stock
+    # layers must give the same outputs after transfer.
+    source = weights.keras_application("v3_small", input_shape=(96, 96, 3), classifier_activation=None)
+    ours = mobilenet_tf.build("v3_small", input_shape=(96, 96, 3), classifier_activation=None)
+    weights.load_keras_applications_weights(ours, source)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    out["max_diff"] = float(np.abs(ours.predict(x, verbose=0) - source.predict(x, verbose=0)).max())
+    path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    ours.save(path)
+    reloaded = tf_keras.models.load_model(path)
+    out["reload_diff"] = float(np.abs(reloaded.predict(x, verbose=0) - ours.predict(x, verbose=0)).max())
+    out["layer_types"] = sorted(out["layer_types"])
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_builders_run_under_tf_keras():
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for name, params in result["params"].items():
+        assert params == mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10).count_params(), name
+    assert result["endpoints"] == {"C1": [64, 64, 16], "C2": [32, 32, 24], "C3": [16, 16, 40],
+                                   "C4": [8, 8, 112], "C4_expand": [8, 8, 672], "C5": [8, 8, 480]}
+    assert result["max_diff"] < 1e-4
+    assert result["reload_diff"] < 1e-6
+    # Only stock layers: nothing tensorflow-model-optimization cannot see through.
+    assert not {"TFOpLambda", "Lambda", "SlicingOpLambda"} & set(result["layer_types"])
