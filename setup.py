@@ -16,6 +16,7 @@ setup(
         "tf_keras",
         "tensorflow-model-optimization",
         "tensorflow-datasets",
+        "tensorboard",
         "pycocotools",
         "matplotlib",
         "numpy",

@@ -1,0 +1,1 @@
+"""Datasets: procedural synthetic data (no download) and real-data pipelines."""

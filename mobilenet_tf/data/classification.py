@@ -1,0 +1,148 @@
+"""Image-classification input pipelines: TFDS (imagenet2012, imagenette, any image
+classification dataset by name), a folder of class subfolders, or synthetic data.
+
+Images leave the pipeline as float32 pixels in [0, 255], shape (S, S, 3); the
+recipes build their models with ``include_preprocessing=True`` so the model
+rescales to [-1, 1] itself (keras.applications' V3 contract, which makes
+transferred ImageNet weights see exactly what they were trained on).
+
+Training: Inception-style random-resized crop (area 8-100%, aspect 3/4-4/3) and
+horizontal flip. Evaluation: central crop of 87.5% (224 of 256) resized to S.
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from mobilenet_tf.data import synthetic
+
+MANUAL_DOWNLOAD_HELP = {
+    "imagenet2012": (
+        "imagenet2012 needs a manual download: get ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar from image-net.org, put them in {manual_dir}, then run "
+        "`tfds build imagenet2012 --data_dir {data_dir}` (or rerun this command, which prepares it)."
+    ),
+}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Split:
+    """A dataset split: ``(uint8 or float image (H, W, 3), int label)`` examples."""
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    num_classes: int
+    class_names: list
+
+
+def synthetic_split(training, num_examples, image_size, num_classes=10, seed=0):
+    ds = synthetic.synthetic_classification(num_examples, image_size, num_classes, seed=seed + (0 if training else 10_000))
+    return Split(ds, num_examples, num_classes, synthetic.class_names(num_classes))
+
+
+def folder_split(directory, class_names=None):
+    """A folder with one subfolder of images per class (sorted names = label ids)."""
+    if not directory or not os.path.isdir(directory):
+        raise ValueError(f"image folder {directory!r} does not exist; it must contain one subfolder per class.")
+    names = class_names or sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    files, labels = [], []
+    for label, name in enumerate(names):
+        folder = os.path.join(directory, name)
+        found = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)) \
+            if os.path.isdir(folder) else []
+        files += [os.path.join(folder, f) for f in found]
+        labels += [label] * len(found)
+    if len(names) < 2 or not files:
+        raise ValueError(f"image folder {directory!r} needs at least 2 class subfolders with images "
+                         f"({', '.join(IMAGE_EXTENSIONS)}); found {len(names)} classes, {len(files)} images.")
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return Split(ds, len(files), len(names), names)
+
+
+def tfds_split(name, split, data_dir=None, download=True):
+    """A TFDS image-classification split, as ``(image, label)``."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # DatasetNotFoundError and friends
+        raise ValueError(f"unknown dataset {name!r}: {error}. Use 'synthetic', 'folder', 'imagenet2012', "
+                         "'imagenette' or any TFDS image-classification dataset name.") from error
+    if not builder.is_prepared():
+        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+            manual_dir = os.path.join(builder.data_dir_root if data_dir else tfds.core.constants.DATA_DIR,
+                                      "downloads", "manual")
+            if not data_dir or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+                message = MANUAL_DOWNLOAD_HELP.get(name.split("/")[0], "{name} needs a manual download into {manual_dir}.")
+                raise ValueError(message.format(name=name, manual_dir=manual_dir, data_dir=data_dir or "~/tensorflow_datasets")
+                                 + " Pass --data-dir DIR.")
+        if not download:
+            raise ValueError(f"dataset {name!r} is not prepared in {data_dir!r} and downloading is off.")
+        builder.download_and_prepare()
+    features = builder.info.features
+    keys = builder.info.supervised_keys
+    if not keys or "label" not in features or len(features[keys[0]].shape) != 3:
+        raise ValueError(f"dataset {name!r} is not an image-classification dataset (features: {list(features)}).")
+    splits = builder.info.splits
+    if split not in splits:
+        split = "validation" if "validation" in splits else "test"
+    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    label_feature = features[keys[1]]
+    return Split(ds, splits[split].num_examples, label_feature.num_classes, list(label_feature.names))
+
+
+def random_resized_crop(image, size, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+    """Inception-style crop of a random area and aspect ratio, resized to (size, size)."""
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        min_object_covered=0.0, aspect_ratio_range=aspect_range, area_range=area_range,
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(image, begin, crop_size)
+    return tf.image.resize(crop, (size, size), method="bilinear", antialias=True)
+
+
+def center_crop(image, size, fraction=0.875):
+    """Central ``fraction`` of the shorter side, resized to (size, size)."""
+    shape = tf.shape(image)
+    side = tf.cast(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * fraction, tf.int32)
+    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
+    crop = tf.image.crop_to_bounding_box(image, top, left, side, side)
+    return tf.image.resize(crop, (size, size), method="bilinear", antialias=True)
+
+
+def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 1.0),
+                  shuffle_buffer=10_000, repeat=None, deterministic=False, seed=0, cache=False):
+    """Batched ``(float32 [0, 255] (B, S, S, 3), int32 (B,))`` ready for ``model.fit``.
+
+    Training data is shuffled, augmented and repeated; evaluation data is not.
+    ``deterministic`` fixes the order and augmentation for a given ``seed``.
+    """
+    ds = split.dataset
+    if cache:
+        ds = ds.cache()
+    repeat = training if repeat is None else repeat
+    if training:
+        ds = ds.shuffle(min(shuffle_buffer, split.num_examples), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
+        if training:
+            image = random_resized_crop(image, image_size, area_range)
+            image = tf.image.random_flip_left_right(image)
+        else:
+            image = center_crop(image, image_size)
+        return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

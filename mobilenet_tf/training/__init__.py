@@ -1,0 +1,1 @@
+"""The shared training engine: configs, strategies, paper schedules, the run loop."""

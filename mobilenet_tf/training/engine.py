@@ -1,0 +1,269 @@
+"""The run loop every recipe shares: run directory, callbacks, fit, resume, export.
+
+``run_training(...)`` builds the model under the strategy's scope, then trains with
+``model.fit`` and stock Keras callbacks (BackupAndRestore, ModelCheckpoint,
+TensorBoard, CSVLogger, TerminateOnNaN, SwapEMAWeights). Keras 3 ``fit`` fails
+under MultiWorkerMirroredStrategy (keras-team/keras#20585), so there the same
+contract is met by a custom loop (``strategy.run`` over a distributed dataset,
+``tf.train.CheckpointManager`` for resume).
+
+Run directory layout::
+
+    config.json         the resolved config
+    backup/             BackupAndRestore state (deleted when the run finishes)
+    best.weights.h5     best validation top-1 (EMA weights when EMA is on)
+    last.weights.h5     after the last epoch
+    history.csv         one row per epoch (appended across resumes)
+    logs/               TensorBoard
+    metrics.json        final metrics; its presence marks a finished run
+    curves.png          loss and accuracy per epoch
+    model.keras         the final model; saved_model/ its SavedModel export
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_tf._keras import keras
+from mobilenet_tf.training import strategy as strategy_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    root: str
+
+    def path(self, name):
+        return os.path.join(self.root, name)
+
+
+def prepare_run_dir(output_dir, overwrite=False, resume_ok=True):
+    """Create the run directory; refuse to overwrite a finished run unless ``overwrite``."""
+    run = RunDir(output_dir)
+    if os.path.exists(run.path("metrics.json")):
+        if not overwrite:
+            raise ValueError(
+                f"{output_dir!r} holds a finished run (metrics.json exists); pass --overwrite to replace "
+                "it or choose another --output-dir."
+            )
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    return run
+
+
+class NaNLossError(RuntimeError):
+    pass
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Records the seconds spent in training epochs (not evaluation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        self.seconds += time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "val_loss" not in (logs or {}):
+            self.seconds += time.perf_counter() - self._start
+
+
+def _callbacks(run, monitor, ema, timer, extra=()):
+    callbacks = [
+        keras.callbacks.BackupAndRestore(run.path("backup")),
+        keras.callbacks.TerminateOnNaN(),
+        timer,
+    ]
+    if ema:
+        # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(run.path("last.weights.h5"), save_weights_only=True),
+        keras.callbacks.CSVLogger(run.path("history.csv"), append=True),
+        keras.callbacks.TensorBoard(run.path("logs")),
+        *extra,
+    ]
+    return callbacks
+
+
+def read_history(run):
+    """Per-epoch history from ``history.csv`` (covers resumed runs too)."""
+    if not os.path.exists(run.path("history.csv")):
+        return {}
+    with open(run.path("history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(r[key]) for r in rows if r.get(key) not in (None, "")] for key in (rows[0] if rows else {})}
+
+
+def run_training(
+    *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
+    global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
+    verbose="auto",
+):
+    """Train and evaluate under ``strategy``; returns ``(model, history, train_seconds)``.
+
+    Args:
+        build: ``() -> (model, optimizer, loss, metrics)``, called inside the
+            strategy's scope. ``loss`` takes (y_true, y_pred) and returns one value
+            per example; ``metrics`` are Keras metric objects.
+        train_ds: repeated, batched by the *global* batch size.
+        eval_ds: batched evaluation data (finite).
+        epochs, steps_per_epoch, eval_steps: loop lengths.
+        run: the ``RunDir``.
+        monitor: metric whose maximum picks ``best.weights.h5``.
+        ema: the optimizer keeps a weight EMA; evaluate and checkpoint it.
+
+    Raises:
+        NaNLossError: the loss became NaN (the last good checkpoint stays on disk).
+    """
+    with strategy.scope():
+        model, optimizer, loss, metrics = build()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return _custom_loop(model, optimizer, loss, metrics, train_ds, eval_ds, epochs, steps_per_epoch,
+                            eval_steps, run, strategy, global_batch_size, monitor, ema)
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
+                      steps_per_execution=steps_per_execution)
+    timer = _EpochTimer()
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
+                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, timer),
+                        verbose=verbose)
+    losses = history.history.get("loss", [])
+    if model.stop_training and losses and not math.isfinite(losses[-1]):
+        raise NaNLossError(
+            f"training stopped at epoch {len(losses)}: the loss became NaN. Lower the learning rate or check "
+            f"the data; the last good weights are in {run.path('last.weights.h5')} and the backup in "
+            f"{run.path('backup')} lets a rerun resume."
+        )
+    return model, read_history(run), timer.seconds
+
+
+def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps,
+                 run, strategy, global_batch_size, monitor, ema):
+    """The multi-worker path: same outputs as ``fit`` (checkpoints, history, resume)."""
+    chief = strategy_lib.is_chief(strategy)
+    worker_dir = run.root if chief else run.path(f"workers/worker_{strategy.cluster_resolver.task_id}")
+    os.makedirs(worker_dir, exist_ok=True)
+    with strategy.scope():
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(worker_dir, "backup"), max_to_keep=1)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+    train_iter = iter(strategy.experimental_distribute_dataset(train_ds))
+
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            predictions = model(x, training=True)
+            per_example = loss_fn(y, predictions)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def distributed_train_step(iterator):
+        x, y = next(iterator)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(train_step, args=(x, y)), axis=None)
+
+    @tf.function
+    def distributed_eval_step(x, y):
+        def step(x, y):
+            predictions = model(x, training=False)
+            for metric in metrics:
+                metric.update_state(y, predictions)
+        strategy.run(step, args=(x, y))
+
+    fieldnames = ["epoch", "loss"] + [f"val_{m.name}" for m in metrics]
+    csv_path = os.path.join(worker_dir, "history.csv")
+    best = -np.inf
+    start = time.perf_counter()
+    for epoch in range(int(epoch_var.numpy()), epochs):
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            total += float(distributed_train_step(train_iter))
+        train_loss = total / steps_per_epoch
+        if not math.isfinite(train_loss):
+            raise NaNLossError(f"epoch {epoch + 1}: the loss became NaN; the last checkpoint is in "
+                               f"{manager.directory}.")
+        if ema:
+            _swap_ema(model, optimizer)  # evaluate and checkpoint the EMA weights, as fit does
+        for metric in metrics:
+            metric.reset_state()
+        for x, y in strategy.experimental_distribute_dataset(eval_ds.take(eval_steps)):
+            distributed_eval_step(x, y)
+        row = {"epoch": epoch, "loss": train_loss, **{f"val_{m.name}": float(m.result()) for m in metrics}}
+        model.save_weights(os.path.join(worker_dir, "last.weights.h5"))
+        if row[monitor] > best:
+            best = row[monitor]
+            model.save_weights(os.path.join(worker_dir, "best.weights.h5"))
+        if ema:
+            _swap_ema(model, optimizer)
+        epoch_var.assign(epoch + 1)
+        manager.save()
+        new_file = not os.path.exists(csv_path)
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        print(f"Epoch {epoch + 1}/{epochs} - loss: {train_loss:.4f} - "
+              + " - ".join(f"{k}: {v:.4f}" for k, v in row.items() if k.startswith("val_")), flush=True)
+    if ema:
+        optimizer.finalize_variable_values(model.trainable_variables)
+    return model, read_history(RunDir(worker_dir)), time.perf_counter() - start
+
+
+def _swap_ema(model, optimizer):
+    """Exchange the weights and their EMA (what keras.callbacks.SwapEMAWeights does)."""
+    for variable, average in zip(model.trainable_variables, optimizer._model_variables_moving_average):
+        value = tf.identity(variable)
+        variable.assign(average)
+        average.assign(value)
+
+
+def plot_history(history, path, metric="top1"):
+    """Loss and ``metric`` per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        if history.get(key):
+            left.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    for key in (metric, f"val_{metric}"):
+        if history.get(key):
+            right.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    left.set_xlabel("epoch"), right.set_xlabel("epoch"), left.set_title("loss"), right.set_title(metric)
+    left.legend(), right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def export_model(model, run):
+    """``model.keras`` and a SavedModel (``model.export``) in the run directory."""
+    model.save(run.path("model.keras"))
+    model.export(run.path("saved_model"), verbose=False)
+
+
+def write_metrics(run, metrics):
+    with open(run.path("metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)

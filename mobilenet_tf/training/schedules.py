@@ -1,0 +1,127 @@
+"""The papers' training schedules: optimizer, learning rate, regularisation.
+
+``--schedule v1|v2|v3``. All three use RMSProp (rho 0.9, momentum 0.9) with a
+staircase exponential decay, linear scaling of the learning rate by global batch
+size (``lr = base_lr * global_batch / reference_batch``) and an optional linear
+warmup. Readings of the papers, where they are terse:
+
+- v1 (V1 paper 3.2: "RMSprop ... similar to Inception V3"): Inception-V3's recipe,
+  lr 0.045 decayed x0.94 every 2 epochs, RMSProp epsilon 1.0, at its 50 x 32 batch;
+  weight decay 4e-5, none on depthwise kernels ("little or no weight decay").
+- v2 (V2 paper 6.1): lr 0.045 x0.98 every epoch, weight decay 4e-5, batch 96 on each
+  of 16 GPUs (1536), epsilon 1.0 (TF-slim's default); dropout 0.2 (slim keep 0.8).
+- v3 (V3 paper 6.1): lr 0.1 at batch 4096, "decay rate 0.01 every 3 epochs" read
+  as lr x0.99 every 3 epochs; dropout 0.2, L2 1e-5, weight EMA 0.9999, BN decay
+  0.99 (built into the backbones); epsilon 1e-3 and a 5-epoch warmup as in the
+  TPU reference implementation of this recipe family.
+
+Weight decay is an L2 penalty in the loss, as in the papers' TF-slim code:
+``weight_decay * sum(w^2) / 2`` (slim's ``l2_regularizer``), on conv and dense
+kernels, never on depthwise kernels, BatchNormalization or biases. All three
+use label smoothing 0.1 (Inception-V3's, kept by the TPU recipes).
+"""
+
+import dataclasses
+import math
+
+from mobilenet_tf._keras import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    name: str
+    base_lr: float
+    reference_batch: int
+    decay_rate: float
+    decay_epochs: float
+    warmup_epochs: float
+    weight_decay: float
+    rmsprop_epsilon: float
+    dropout: float
+    ema: float  # 0: no weight EMA
+    label_smoothing: float
+    epochs: int  # length of a full ImageNet run
+
+
+SCHEDULES = {
+    "v1": Schedule("v1", 0.045, 1600, 0.94, 2, 0, 4e-5, 1.0, 1e-3, 0.0, 0.1, 200),
+    "v2": Schedule("v2", 0.045, 1536, 0.98, 1, 0, 4e-5, 1.0, 0.2, 0.0, 0.1, 300),
+    "v3": Schedule("v3", 0.1, 4096, 0.99, 3, 5, 1e-5, 1e-3, 0.2, 0.9999, 0.1, 600),
+}
+
+
+def get_schedule(name):
+    if name not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {sorted(SCHEDULES)}; got {name!r}.")
+    return SCHEDULES[name]
+
+
+@keras.saving.register_keras_serializable(package="mobilenet_tf")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = peak * decay_rate ** floor(epoch / decay_epochs), after a linear
+    warmup from 0 over ``warmup_epochs`` (epoch = step / steps_per_epoch)."""
+
+    def __init__(self, peak_lr, steps_per_epoch, decay_rate, decay_epochs, warmup_epochs=0.0):
+        self.peak_lr = float(peak_lr)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.decay_rate = float(decay_rate)
+        self.decay_epochs = float(decay_epochs)
+        self.warmup_epochs = float(warmup_epochs)
+
+    def __call__(self, step):
+        epoch = keras.ops.cast(step, "float32") / self.steps_per_epoch
+        lr = self.peak_lr * keras.ops.power(self.decay_rate, keras.ops.floor(epoch / self.decay_epochs))
+        if self.warmup_epochs > 0:
+            lr = lr * keras.ops.minimum(1.0, epoch / self.warmup_epochs)
+        return lr
+
+    def get_config(self):
+        return dict(peak_lr=self.peak_lr, steps_per_epoch=self.steps_per_epoch, decay_rate=self.decay_rate,
+                    decay_epochs=self.decay_epochs, warmup_epochs=self.warmup_epochs)
+
+
+def scaled_lr(schedule, global_batch_size, base_lr=None):
+    """Linear scaling rule: the schedule's lr at its reference batch, scaled to ours."""
+    return (base_lr if base_lr is not None else schedule.base_lr) * global_batch_size / schedule.reference_batch
+
+
+def make_optimizer(schedule, *, peak_lr, steps_per_epoch, warmup_epochs=None, ema=None):
+    """RMSProp with the schedule's decay, warmup and weight EMA."""
+    warmup = schedule.warmup_epochs if warmup_epochs is None else warmup_epochs
+    ema = schedule.ema if ema is None else ema
+    lr = WarmupStepDecay(peak_lr, steps_per_epoch, schedule.decay_rate, schedule.decay_epochs, warmup)
+    return keras.optimizers.RMSprop(
+        learning_rate=lr, rho=0.9, momentum=0.9, epsilon=schedule.rmsprop_epsilon,
+        use_ema=ema > 0, ema_momentum=ema if ema > 0 else 0.99,
+    )
+
+
+def add_weight_decay(model, weight_decay):
+    """L2 penalty ``weight_decay * sum(w^2) / 2`` on every conv and dense kernel of
+    ``model`` (nested models included), none on depthwise kernels, BN or biases.
+
+    Returns the number of kernels regularised.
+    """
+    if weight_decay <= 0:
+        return 0
+    regularizer = keras.regularizers.L2(weight_decay / 2)
+    count = 0
+    for layer in _flat_layers(model):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            continue
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            layer.kernel.regularizer = regularizer
+            count += 1
+    return count
+
+
+def _flat_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
+def steps_for(num_examples, global_batch_size):
+    return max(1, math.ceil(num_examples / global_batch_size))

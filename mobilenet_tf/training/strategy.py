@@ -1,0 +1,94 @@
+"""Choosing a ``tf.distribute`` strategy: ``--strategy auto|default|mirrored|multi_worker|tpu``.
+
+Batch sizes: the recipes take the *global* batch size; each replica gets
+``global_batch_size / num_replicas_in_sync`` examples per step (it must divide).
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+
+
+def split_cpu(num_devices):
+    """Split the CPU into ``num_devices`` logical devices (so mirrored training runs
+    on a machine without GPUs). Must happen before TensorFlow first touches a device."""
+    if num_devices <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
+    except RuntimeError as error:
+        raise ValueError(
+            f"`num_cpu_devices={num_devices}` must be set before TensorFlow initialises its devices "
+            f"(call split_cpu first in the process): {error}"
+        ) from error
+
+
+def _tpu_resolver():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+    except (ValueError, RuntimeError, tf.errors.NotFoundError):
+        return None
+
+
+def get_strategy(name="auto", num_cpu_devices=0):
+    """The strategy called ``name``.
+
+    auto: a TPU if a TPU resolver finds one, else MirroredStrategy over the GPUs
+    (or over the logical CPUs when ``num_cpu_devices > 1``), else the default
+    strategy. multi_worker: MultiWorkerMirroredStrategy configured by ``TF_CONFIG``.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}; got {name!r}.")
+    split_cpu(num_cpu_devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "`strategy='multi_worker'` needs the TF_CONFIG environment variable, e.g. "
+                + json.dumps({"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                              "task": {"type": "worker", "index": 0}})
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu" or name == "auto":
+        resolver = _tpu_resolver() if name == "tpu" or os.environ.get("TPU_NAME") else None
+        if resolver is not None:
+            return tf.distribute.TPUStrategy(resolver)
+        if name == "tpu":
+            raise ValueError("`strategy='tpu'` but no TPU was found (TPUClusterResolver failed).")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus]) if len(gpus) > 1 or name == "mirrored" \
+            else tf.distribute.get_strategy()
+    if len(cpus) > 1 or name == "mirrored":
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    return tf.distribute.get_strategy()
+
+
+def per_replica_batch(global_batch_size, strategy):
+    """``global_batch_size / replicas``; ``ValueError`` if it does not divide."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(
+            f"`global_batch_size={global_batch_size}` is not divisible by the {replicas} replicas "
+            f"of {type(strategy).__name__}; use a multiple of {replicas}."
+        )
+    return global_batch_size // replicas
+
+
+def is_chief(strategy):
+    """True on the worker that writes files (always, outside multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0)

@@ -1,0 +1,229 @@
+"""Train and evaluate a MobileNet image classifier (the papers' ImageNet recipe).
+
+    python recipes/imagenet.py                      # synthetic data, CPU, a few minutes, learns
+    python recipes/imagenet.py --model v3_large --dataset imagenet2012 --data-dir ~/tensorflow_datasets \\
+        --strategy auto --mixed-precision --global-batch-size 4096 --output-dir runs/v3l
+    python recipes/imagenet.py --model v3_small --alpha 0.75 --dataset imagenette --epochs 30
+    python recipes/imagenet.py --eval-only --weights runs/v3l/best.weights.h5 --dataset imagenet2012 ...
+    python recipes/imagenet.py --help
+
+Flags left at their default (None) take the schedule's paper value (see
+``mobilenet_tf.training.schedules``) or, for the synthetic dataset, a small CPU
+setting. The run directory gets config.json, checkpoints, TensorBoard logs,
+history.csv, metrics.json, curves.png, model.keras and a SavedModel.
+"""
+
+import dataclasses
+import os
+import sys
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+import mobilenet_tf  # noqa: E402
+from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf.data import classification  # noqa: E402
+from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
+from mobilenet_tf.training import strategy as strategy_lib  # noqa: E402
+from mobilenet_tf.training.config import field  # noqa: E402
+
+# What the synthetic default changes so that it learns on a CPU in minutes.
+SYNTHETIC_DEFAULTS = dict(image_size=64, epochs=5, global_batch_size=64, warmup_epochs=0.5, ema=0.9,
+                          crop_area_min=0.25)
+REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
+
+
+@dataclasses.dataclass
+class Config:
+    """Train and evaluate a MobileNet image classifier (the papers' ImageNet recipe)."""
+
+    model: str = field("v3_small", "backbone name from mobilenet_tf.list_models()")
+    alpha: float = field(1.0, "width multiplier")
+    dataset: str = field("synthetic", "synthetic | folder | imagenet2012 | imagenette | any TFDS "
+                                      "image-classification dataset")
+    data_dir: Optional[str] = field(None, "TFDS data dir (imagenet2012: DATA_DIR/downloads/manual "
+                                          "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
+    train_dir: Optional[str] = field(None, "--dataset folder: training images, one subfolder per class")
+    val_dir: Optional[str] = field(None, "--dataset folder: validation images, same class subfolders")
+    image_size: Optional[int] = field(None, "input resolution (default 224; synthetic 64)")
+    schedule: str = field("v3", "paper schedule", choices=sorted(schedules.SCHEDULES))
+    epochs: Optional[int] = field(None, "epochs (default: the schedule's full run; synthetic 8)")
+    global_batch_size: Optional[int] = field(None, "batch over all replicas (default: the schedule's "
+                                                   "reference batch; synthetic 64)")
+    learning_rate: Optional[float] = field(None, "peak lr at the schedule's reference batch, scaled linearly "
+                                                 "to --global-batch-size (default: the schedule's)")
+    warmup_epochs: Optional[float] = field(None, "linear warmup (default: the schedule's; synthetic 1)")
+    ema: Optional[float] = field(None, "weight EMA momentum, 0 = off (default: the schedule's; synthetic 0.99)")
+    label_smoothing: Optional[float] = field(None, "default: the schedule's (0.1)")
+    weight_decay: Optional[float] = field(None, "L2 on conv/dense kernels (default: the schedule's)")
+    dropout: Optional[float] = field(None, "dropout before the classifier (default: the schedule's)")
+    crop_area_min: Optional[float] = field(None, "smallest random-crop area (default 0.08; synthetic 0.25)")
+    synthetic_classes: int = field(10, "classes of the synthetic dataset")
+    synthetic_train_examples: int = field(3840, "synthetic training images per epoch")
+    synthetic_eval_examples: int = field(1000, "synthetic evaluation images")
+    steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
+    strategy: str = field("auto", "tf.distribute strategy", choices=list(strategy_lib.STRATEGIES))
+    num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
+    mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
+    force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
+    jit_compile: bool = field(False, "compile the train step with XLA")
+    steps_per_execution: int = field(1, "train steps per tf.function call")
+    output_dir: str = field("runs/imagenet", "run directory")
+    overwrite: bool = field(False, "replace a finished run in --output-dir")
+    eval_only: bool = field(False, "only evaluate --weights")
+    weights: Optional[str] = field(None, "'imagenet' or a .weights.h5 file to start from / evaluate")
+    seed: int = field(0, "random seed")
+    deterministic: bool = field(False, "deterministic ops and input order (slower)")
+    verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")
+
+
+def resolve(config):
+    """Fill every None with the schedule's value or the dataset's default; check inputs."""
+    mobilenet_tf.registry.get_entry(config.model)  # unknown model -> ValueError
+    schedule = schedules.get_schedule(config.schedule)
+    preset = SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS
+    defaults = dict(
+        epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
+        ema=schedule.ema, label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay,
+        dropout=schedule.dropout, learning_rate=schedule.base_lr,
+    )
+    defaults.update(preset)
+    resolved = dataclasses.replace(config, **{
+        key: value for key, value in defaults.items() if getattr(config, key) is None})
+    if config.dataset == "folder" and not (config.train_dir or config.eval_only):
+        raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
+    if resolved.eval_only and not resolved.weights:
+        raise ValueError("`--eval-only` needs --weights (a .weights.h5 file or 'imagenet').")
+    for name in ("epochs", "global_batch_size", "image_size", "steps_per_execution"):
+        if getattr(resolved, name) < 1:
+            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
+    if not 0 <= resolved.ema < 1:
+        raise ValueError(f"`--ema` must be in [0, 1); got {resolved.ema}.")
+    return resolved
+
+
+def load_splits(config):
+    if config.dataset == "synthetic":
+        train = classification.synthetic_split(True, config.synthetic_train_examples, config.image_size,
+                                               config.synthetic_classes, config.seed)
+        val = classification.synthetic_split(False, config.synthetic_eval_examples, config.image_size,
+                                             config.synthetic_classes, config.seed)
+    elif config.dataset == "folder":
+        train = classification.folder_split(config.train_dir) if config.train_dir else None
+        names = train.class_names if train else None
+        val = classification.folder_split(config.val_dir or config.train_dir, names)
+    else:
+        train = None if config.eval_only else classification.tfds_split(config.dataset, "train", config.data_dir)
+        val = classification.tfds_split(config.dataset, "validation", config.data_dir)
+    return train, val
+
+
+def set_precision(config):
+    if not config.mixed_precision:
+        return "float32"
+    if tf.config.list_logical_devices("TPU"):
+        policy = "mixed_bfloat16"
+    elif tf.config.list_physical_devices("GPU"):
+        policy = "mixed_float16"
+    elif config.force_mixed_precision:
+        policy = "mixed_bfloat16"
+    else:
+        raise ValueError("`--mixed-precision` needs a GPU or TPU (none found); on a CPU it is slower than "
+                         "float32. Pass --force-mixed-precision to use mixed_bfloat16 anyway.")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def main(config):
+    config = resolve(config)
+    strategy = strategy_lib.get_strategy(config.strategy, config.num_cpu_devices)
+    strategy_lib.per_replica_batch(config.global_batch_size, strategy)  # divisibility check
+    policy = set_precision(config)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    train_split, val_split = load_splits(config)
+    num_classes = val_split.num_classes
+    chief = strategy_lib.is_chief(strategy)
+    run = engine.prepare_run_dir(config.output_dir, config.overwrite) if chief else engine.RunDir(config.output_dir)
+    if chief:
+        config_lib.save_config(config, run.path("config.json"))
+
+    one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))
+    pipeline = dict(batch_size=config.global_batch_size, image_size=config.image_size,
+                    area_range=(config.crop_area_min, 1.0), deterministic=config.deterministic, seed=config.seed)
+    val_ds = classification.make_pipeline(val_split, training=False, **pipeline).map(one_hot)
+    eval_steps = -(-val_split.num_examples // config.global_batch_size)
+    schedule = schedules.get_schedule(config.schedule)
+    steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
+        train_split.num_examples if train_split else 1, config.global_batch_size)
+
+    def smoothed_crossentropy(y_true, y_pred):
+        return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=config.label_smoothing)
+
+    def build():
+        model = mobilenet_tf.build(
+            config.model, alpha=config.alpha, input_shape=(config.image_size, config.image_size, 3),
+            classes=num_classes, include_preprocessing=True, dropout_rate=config.dropout,
+            weights=config.weights,
+        )
+        schedules.add_weight_decay(model, config.weight_decay)
+        peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
+        optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+                                             warmup_epochs=config.warmup_epochs, ema=config.ema)
+        metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
+                   keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
+        return model, optimizer, smoothed_crossentropy, metrics
+
+    verbose = int(config.verbose) if config.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
+    if config.eval_only:
+        with strategy.scope():
+            model, _, loss, metrics = build()
+            model.compile(loss=loss, metrics=metrics)
+        history, train_seconds, epochs_run = {}, 0.0, 0
+    else:
+        train_ds = classification.make_pipeline(train_split, training=True, **pipeline).map(one_hot)
+        model, history, train_seconds = engine.run_training(
+            build=build, train_ds=train_ds, eval_ds=val_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            eval_steps=eval_steps, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
+            ema=config.ema > 0, jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution,
+            verbose=verbose,
+        )
+        epochs_run = len(history.get("loss", []))
+    if not chief:
+        return {}
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        top1, top5 = history["val_top1"][-1], history["val_top5"][-1]
+    else:
+        results = model.evaluate(val_ds, steps=eval_steps, verbose=0, return_dict=True)
+        top1, top5 = results["top1"], results["top5"]
+    profile = mobilenet_tf.profile(model)
+    images = epochs_run * steps_per_epoch * config.global_batch_size
+    metrics = dict(
+        top1=top1, top5=top5, epochs=epochs_run, train_seconds=train_seconds,
+        images_per_second=images / train_seconds if train_seconds else 0.0,
+        model=config.model, alpha=config.alpha, dataset=config.dataset, image_size=config.image_size,
+        num_classes=num_classes, params=profile.params, madds=profile.madds, precision_policy=policy,
+        replicas=strategy.num_replicas_in_sync,
+    )
+    if history:
+        engine.plot_history(history, run.path("curves.png"))
+    engine.export_model(model, run)
+    engine.write_metrics(run, metrics)
+    print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({epochs_run} epochs, {metrics['images_per_second']:.0f} img/s)"
+          f"  -> {run.root}")
+    return metrics
+
+
+def get_args_parser():
+    return config_lib.get_args_parser(Config)
+
+
+if __name__ == "__main__":
+    try:
+        main(config_lib.config_from_args(Config))
+    except ValueError as error:
+        print(f"imagenet.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
