@@ -75,27 +75,30 @@ def tfds_split(name, split, data_dir=None, download=True):
     except Exception as error:  # DatasetNotFoundError and friends
         raise ValueError(f"unknown dataset {name!r}: {error}. Use 'synthetic', 'folder', 'imagenet2012', "
                          "'imagenette' or any TFDS image-classification dataset name.") from error
-    if not builder.is_prepared():
-        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-            manual_dir = os.path.join(builder.data_dir_root if data_dir else tfds.core.constants.DATA_DIR,
-                                      "downloads", "manual")
-            if not data_dir or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+    if download:
+        try:
+            builder.download_and_prepare()  # a no-op once prepared
+        except Exception as error:
+            root = data_dir or os.path.expanduser("~/tensorflow_datasets")
+            manual_dir = os.path.join(root, "downloads", "manual")
+            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
                 message = MANUAL_DOWNLOAD_HELP.get(name.split("/")[0], "{name} needs a manual download into {manual_dir}.")
-                raise ValueError(message.format(name=name, manual_dir=manual_dir, data_dir=data_dir or "~/tensorflow_datasets")
-                                 + " Pass --data-dir DIR.")
-        if not download:
-            raise ValueError(f"dataset {name!r} is not prepared in {data_dir!r} and downloading is off.")
-        builder.download_and_prepare()
+                raise ValueError(message.format(name=name, manual_dir=manual_dir, data_dir=root)
+                                 + f" ({type(error).__name__}: {str(error)[:200]})") from error
+            raise ValueError(f"could not download or prepare {name!r} in {root!r}: {error}") from error
     features = builder.info.features
     keys = builder.info.supervised_keys
     if not keys or "label" not in features or len(features[keys[0]].shape) != 3:
         raise ValueError(f"dataset {name!r} is not an image-classification dataset (features: {list(features)}).")
     splits = builder.info.splits
-    if split not in splits:
+    if splits and split not in splits:
         split = "validation" if "validation" in splits else "test"
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    num_examples = splits[split].num_examples if split in splits else int(ds.cardinality())
+    if num_examples < 1:  # unknown size (e.g. tfds.testing.mock_data): count once
+        num_examples = int(ds.reduce(0, lambda count, _: count + 1))
     label_feature = features[keys[1]]
-    return Split(ds, splits[split].num_examples, label_feature.num_classes, list(label_feature.names))
+    return Split(ds, num_examples, label_feature.num_classes, list(label_feature.names))
 
 
 def random_resized_crop(image, size, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):

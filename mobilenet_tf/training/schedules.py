@@ -41,6 +41,7 @@ class Schedule:
     ema: float  # 0: no weight EMA
     label_smoothing: float
     epochs: int  # length of a full ImageNet run
+    bn_momentum: float = 0.99
 
 
 SCHEDULES = {
@@ -111,6 +112,21 @@ def add_weight_decay(model, weight_decay):
             continue
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             layer.kernel.regularizer = regularizer
+            count += 1
+    return count
+
+
+def set_bn_momentum(model, momentum):
+    """Set the moving-average momentum of every BatchNormalization (before training).
+
+    The backbones use the V3 paper's 0.99; a short run (a few hundred steps)
+    evaluates badly with it, since the moving statistics still remember the
+    initial weights, so the synthetic recipes use 0.9.
+    """
+    count = 0
+    for layer in _flat_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
             count += 1
     return count
 

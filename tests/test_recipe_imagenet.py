@@ -1,0 +1,143 @@
+"""`python recipes/imagenet.py` end to end: learning, resume, NaN guard, distribution."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "recipes" / "imagenet.py")
+TINY = ["--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
+        "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
+
+
+def recipe(*args, env=None, timeout=900, wait=True):
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    cmd = [sys.executable, SCRIPT, *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_synthetic_default_learns_and_writes_the_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = recipe("--output-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert metrics["top1"] >= 0.9, metrics
+    assert metrics["epochs"] == 3 and metrics["images_per_second"] > 0 and metrics["train_seconds"] > 0
+    for name in ("config.json", "best.weights.h5", "last.weights.h5", "history.csv", "curves.png",
+                 "model.keras", "saved_model", "logs"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    assert json.loads((run_dir / "config.json").read_text())["schedule"] == "v3"
+    # A finished run is not overwritten by accident.
+    again = recipe("--output-dir", str(run_dir))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    # --eval-only reproduces the accuracy from the best checkpoint.
+    evaluated = recipe("--output-dir", str(tmp_path / "eval"), "--eval-only",
+                       "--weights", str(run_dir / "best.weights.h5"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert read_metrics(tmp_path / "eval")["top1"] >= 0.9
+
+
+def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]
+    proc = recipe(*args, wait=False)
+    history = run_dir / "history.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().strip().splitlines()) >= 2:  # header + epoch 0
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    done = len(history.read_text().strip().splitlines()) - 1
+    assert 1 <= done < 4
+    resumed = recipe(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [int(line.split(",")[0]) for line in history.read_text().strip().splitlines()[1:]]
+    assert epochs == [0, 1, 2, 3]  # continued, not restarted
+    assert read_metrics(run_dir)["epochs"] == 4
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    proc = recipe(*TINY, "--epochs", "2", "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "loss became NaN" in proc.stderr and "resume" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_mirrored_over_two_logical_cpus(tmp_path):
+    proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+                  "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_metrics(tmp_path / "run")["replicas"] == 2
+    odd = recipe(*TINY, "--strategy", "mirrored", "--num-cpu-devices", "2", "--global-batch-size", "33",
+                 "--output-dir", str(tmp_path / "odd"))
+    assert odd.returncode == 2 and "not divisible by the 2 replicas" in odd.stderr
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
+    import h5py
+
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    run_dir = tmp_path / "run"
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        procs.append(recipe(*TINY, "--epochs", "1", "--strategy", "multi_worker", "--output-dir", str(run_dir),
+                            env={"TF_CONFIG": tf_config}, wait=False))
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert read_metrics(run_dir)["replicas"] == 2
+
+    def weights(path):
+        with h5py.File(path) as f:
+            arrays = []
+            f.visititems(lambda name, obj: arrays.append(np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
+            return arrays
+
+    chief = weights(run_dir / "last.weights.h5")
+    other = weights(run_dir / "workers" / "worker_1" / "last.weights.h5")
+    assert len(chief) == len(other) > 100
+    assert all(np.array_equal(a, b) for a, b in zip(chief, other))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "not_a_dataset"], "unknown dataset 'not_a_dataset'"),
+    (["--schedule", "v9"], "invalid choice: 'v9'"),
+    (["--model", "v5"], "unknown model name 'v5'"),
+    (["--dataset", "imagenet2012"], "ILSVRC2012_img_train.tar"),
+    (["--eval-only"], "needs --weights"),
+    (["--dataset", "folder"], "needs --train-dir"),
+    (["--mixed-precision"], "needs a GPU or TPU"),
+])
+def test_bad_input_fails_before_training(args, message, tmp_path):
+    proc = recipe(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "history.csv").exists()
