@@ -67,6 +67,8 @@ class Config:
     synthetic_eval_examples: int = field(1000, "synthetic evaluation images")
     steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
     strategy: str = field("auto", "tf.distribute strategy", choices=list(strategy_lib.STRATEGIES))
+    sync_batchnorm: bool = field(True, "with several replicas, all-reduce BatchNormalization statistics "
+                                       "(SyncBN: every worker keeps the same moving statistics)")
     num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
     mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
     force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
@@ -172,7 +174,8 @@ def main(config):
             weights=config.weights,
         )
         schedules.add_weight_decay(model, config.weight_decay)
-        schedules.set_bn_momentum(model, config.bn_momentum)
+        schedules.configure_batchnorm(model, momentum=config.bn_momentum,
+                                      synchronized=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
         peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
         optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
                                              warmup_epochs=config.warmup_epochs, ema=config.ema)

@@ -111,7 +111,7 @@ def read_history(run):
 def run_training(
     *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
     global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
-    verbose="auto",
+    verbose="auto", callbacks=(),
 ):
     """Train and evaluate under ``strategy``; returns ``(model, history, train_seconds)``.
 
@@ -125,6 +125,7 @@ def run_training(
         run: the ``RunDir``.
         monitor: metric whose maximum picks ``best.weights.h5``.
         ema: the optimizer keeps a weight EMA; evaluate and checkpoint it.
+        callbacks: more Keras callbacks for ``fit`` (not used by the multi-worker loop).
 
     Raises:
         NaNLossError: the loss became NaN (the last good checkpoint stays on disk).
@@ -139,7 +140,7 @@ def run_training(
                       steps_per_execution=steps_per_execution)
     timer = _EpochTimer()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
-                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, timer),
+                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, timer, callbacks),
                         verbose=verbose)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not math.isfinite(losses[-1]):
@@ -226,6 +227,7 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
               + " - ".join(f"{k}: {v:.4f}" for k, v in row.items() if k.startswith("val_")), flush=True)
     if ema:
         optimizer.finalize_variable_values(model.trainable_variables)
+    shutil.rmtree(manager.directory, ignore_errors=True)  # finished: like BackupAndRestore, drop the backup
     return model, read_history(RunDir(worker_dir)), time.perf_counter() - start
 
 

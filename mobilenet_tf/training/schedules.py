@@ -116,17 +116,25 @@ def add_weight_decay(model, weight_decay):
     return count
 
 
-def set_bn_momentum(model, momentum):
-    """Set the moving-average momentum of every BatchNormalization (before training).
+def configure_batchnorm(model, momentum=None, synchronized=None):
+    """Set the momentum and/or cross-replica synchronisation of every
+    BatchNormalization in ``model`` (before training; both are read at call time).
 
-    The backbones use the V3 paper's 0.99; a short run (a few hundred steps)
-    evaluates badly with it, since the moving statistics still remember the
-    initial weights, so the synthetic recipes use 0.9.
+    The backbones use the V3 paper's momentum 0.99; a short run (a few hundred
+    steps) evaluates badly with it, since the moving statistics still remember
+    the initial weights, so the synthetic recipes use 0.9. ``synchronized=True``
+    all-reduces batch moments over replicas (SyncBN), so every replica and worker
+    keeps the same moving statistics.
+
+    Returns the number of layers changed.
     """
     count = 0
     for layer in _flat_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = momentum
+            if momentum is not None:
+                layer.momentum = momentum
+            if synchronized is not None:
+                layer.synchronized = synchronized
             count += 1
     return count
 
