@@ -101,12 +101,12 @@ def tfds_split(name, split, data_dir=None, download=True):
     return Split(ds, num_examples, label_feature.num_classes, list(label_feature.names))
 
 
-def random_resized_crop(image, size, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+def random_resized_crop(image, size, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3), seed=None):
     """Inception-style crop of a random area and aspect ratio, resized to (size, size)."""
     begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
         tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         min_object_covered=0.0, aspect_ratio_range=aspect_range, area_range=area_range,
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        max_attempts=10, use_image_if_no_bounding_boxes=True, seed=seed)
     crop = tf.slice(image, begin, crop_size)
     return tf.image.resize(crop, (size, size), method="bilinear", antialias=True)
 
@@ -139,8 +139,10 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
         if training:
-            image = random_resized_crop(image, image_size, area_range)
-            image = tf.image.random_flip_left_right(image)
+            # Op-level seeds (with the global seed the recipe sets) make the
+            # augmentation reproducible; TensorFlow requires them under op determinism.
+            image = random_resized_crop(image, image_size, area_range, seed=seed + 1)
+            image = tf.image.random_flip_left_right(image, seed=seed + 2)
         else:
             image = center_crop(image, image_size)
         return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
