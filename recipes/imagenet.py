@@ -188,16 +188,15 @@ def main(config):
         with strategy.scope():
             model, _, loss, metrics = build()
             model.compile(loss=loss, metrics=metrics)
-        history, train_seconds, epochs_run = {}, 0.0, 0
+        history = {}
     else:
         train_ds = classification.make_pipeline(train_split, training=True, **pipeline).map(one_hot)
-        model, history, train_seconds = engine.run_training(
+        model, history = engine.run_training(
             build=build, train_ds=train_ds, eval_ds=val_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
             eval_steps=eval_steps, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
             ema=config.ema > 0, jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution,
             verbose=verbose,
         )
-        epochs_run = len(history.get("loss", []))
     if not chief:
         return {}
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -206,6 +205,8 @@ def main(config):
         results = model.evaluate(val_ds, steps=eval_steps, verbose=0, return_dict=True)
         top1, top5 = results["top1"], results["top5"]
     profile = mobilenet_tf.profile(model)
+    epochs_run = len(history.get("loss", []))
+    train_seconds = sum(history.get("train_seconds", []))
     images = epochs_run * steps_per_epoch * config.global_batch_size
     metrics = dict(
         top1=top1, top5=top5, epochs=epochs_run, train_seconds=train_seconds,

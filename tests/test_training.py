@@ -1,7 +1,6 @@
 """Training engine parts: config flags, schedules, weight decay, strategies, data."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest

@@ -43,7 +43,7 @@ class RunDir:
         return os.path.join(self.root, name)
 
 
-def prepare_run_dir(output_dir, overwrite=False, resume_ok=True):
+def prepare_run_dir(output_dir, overwrite=False):
     """Create the run directory; refuse to overwrite a finished run unless ``overwrite``."""
     run = RunDir(output_dir)
     if os.path.exists(run.path("metrics.json")):
@@ -62,28 +62,27 @@ class NaNLossError(RuntimeError):
 
 
 class _EpochTimer(keras.callbacks.Callback):
-    """Records the seconds spent in training epochs (not evaluation)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = 0.0
+    """Adds ``train_seconds`` (the epoch's training time, without validation) to the
+    epoch's logs, so history.csv keeps it across resumed runs."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._seconds = None
 
     def on_test_begin(self, logs=None):
-        self.seconds += time.perf_counter() - self._start
+        if self._seconds is None:
+            self._seconds = time.perf_counter() - self._start
 
     def on_epoch_end(self, epoch, logs=None):
-        if "val_loss" not in (logs or {}):
-            self.seconds += time.perf_counter() - self._start
+        if logs is not None:
+            logs["train_seconds"] = self._seconds if self._seconds is not None else time.perf_counter() - self._start
 
 
-def _callbacks(run, monitor, ema, timer, extra=()):
+def _callbacks(run, monitor, ema, extra=()):
     callbacks = [
         keras.callbacks.BackupAndRestore(run.path("backup")),
         keras.callbacks.TerminateOnNaN(),
-        timer,
+        _EpochTimer(),
     ]
     if ema:
         # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
@@ -113,7 +112,10 @@ def run_training(
     global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
     verbose="auto", callbacks=(),
 ):
-    """Train and evaluate under ``strategy``; returns ``(model, history, train_seconds)``.
+    """Train and evaluate under ``strategy``; returns ``(model, history)``.
+
+    ``history`` is read back from history.csv, so it covers every epoch of a
+    resumed run; ``history["train_seconds"]`` is each epoch's training time.
 
     Args:
         build: ``() -> (model, optimizer, loss, metrics)``, called inside the
@@ -138,9 +140,8 @@ def run_training(
     with strategy.scope():
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
                       steps_per_execution=steps_per_execution)
-    timer = _EpochTimer()
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
-                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, timer, callbacks),
+                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, callbacks),
                         verbose=verbose)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not math.isfinite(losses[-1]):
@@ -149,7 +150,7 @@ def run_training(
             f"the data; the last good weights are in {run.path('last.weights.h5')} and the backup in "
             f"{run.path('backup')} lets a rerun resume."
         )
-    return model, read_history(run), timer.seconds
+    return model, read_history(run)
 
 
 def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps,
@@ -190,15 +191,16 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
                 metric.update_state(y, predictions)
         strategy.run(step, args=(x, y))
 
-    fieldnames = ["epoch", "loss"] + [f"val_{m.name}" for m in metrics]
+    fieldnames = ["epoch", "loss", "train_seconds"] + [f"val_{m.name}" for m in metrics]
     csv_path = os.path.join(worker_dir, "history.csv")
     best = -np.inf
-    start = time.perf_counter()
     for epoch in range(int(epoch_var.numpy()), epochs):
+        start = time.perf_counter()
         total = 0.0
         for _ in range(steps_per_epoch):
             total += float(distributed_train_step(train_iter))
         train_loss = total / steps_per_epoch
+        train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise NaNLossError(f"epoch {epoch + 1}: the loss became NaN; the last checkpoint is in "
                                f"{manager.directory}.")
@@ -208,7 +210,8 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
             metric.reset_state()
         for x, y in strategy.experimental_distribute_dataset(eval_ds.take(eval_steps)):
             distributed_eval_step(x, y)
-        row = {"epoch": epoch, "loss": train_loss, **{f"val_{m.name}": float(m.result()) for m in metrics}}
+        row = {"epoch": epoch, "loss": train_loss, "train_seconds": train_seconds,
+               **{f"val_{m.name}": float(m.result()) for m in metrics}}
         model.save_weights(os.path.join(worker_dir, "last.weights.h5"))
         if row[monitor] > best:
             best = row[monitor]
@@ -228,7 +231,7 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
     if ema:
         optimizer.finalize_variable_values(model.trainable_variables)
     shutil.rmtree(manager.directory, ignore_errors=True)  # finished: like BackupAndRestore, drop the backup
-    return model, read_history(RunDir(worker_dir)), time.perf_counter() - start
+    return model, read_history(RunDir(worker_dir))
 
 
 def _swap_ema(model, optimizer):
