@@ -174,8 +174,7 @@ def main(config):
             weights=config.weights,
         )
         schedules.add_weight_decay(model, config.weight_decay)
-        schedules.configure_batchnorm(model, momentum=config.bn_momentum,
-                                      synchronized=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
+        schedules.configure_batchnorm(model, momentum=config.bn_momentum)
         peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
         optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
                                              warmup_epochs=config.warmup_epochs, ema=config.ema)
@@ -195,7 +194,7 @@ def main(config):
             build=build, train_ds=train_ds, eval_ds=val_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
             eval_steps=eval_steps, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
             ema=config.ema > 0, jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution,
-            verbose=verbose,
+            sync_batchnorm=config.sync_batchnorm, verbose=verbose,
         )
     if not chief:
         return {}

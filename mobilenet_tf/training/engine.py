@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf._keras import keras
-from mobilenet_tf.training import strategy as strategy_lib
+from mobilenet_tf.training import schedules, strategy as strategy_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ def read_history(run):
 def run_training(
     *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
     global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
-    verbose="auto", callbacks=(),
+    sync_batchnorm=True, verbose="auto", callbacks=(),
 ):
     """Train and evaluate under ``strategy``; returns ``(model, history)``.
 
@@ -127,6 +127,9 @@ def run_training(
         run: the ``RunDir``.
         monitor: metric whose maximum picks ``best.weights.h5``.
         ema: the optimizer keeps a weight EMA; evaluate and checkpoint it.
+        sync_batchnorm: with several replicas, all-reduce BatchNormalization
+            statistics (SyncBN), so every replica and worker keeps the same moving
+            statistics; without it workers end with different ones.
         callbacks: more Keras callbacks for ``fit`` (not used by the multi-worker loop).
 
     Raises:
@@ -134,6 +137,8 @@ def run_training(
     """
     with strategy.scope():
         model, optimizer, loss, metrics = build()
+    if sync_batchnorm and strategy.num_replicas_in_sync > 1:
+        schedules.configure_batchnorm(model, synchronized=True)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return _custom_loop(model, optimizer, loss, metrics, train_ds, eval_ds, epochs, steps_per_epoch,
                             eval_steps, run, strategy, global_batch_size, monitor, ema)
