@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mobilenet_tf",
@@ -8,7 +8,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["mobilenet_tf", "mobilenet_tf.heads"],
+    # heads/ is installed as mobilenet_tf.heads (heads/lraspp -> mobilenet_tf.heads.lraspp, ...).
+    packages=find_packages(include=["mobilenet_tf", "mobilenet_tf.*"])
+    + ["mobilenet_tf.heads"] + [f"mobilenet_tf.heads.{p}" for p in find_packages("heads")],
     package_dir={"mobilenet_tf": "mobilenet_tf", "mobilenet_tf.heads": "heads"},
     install_requires=[
         "tensorflow>=2.16",

@@ -11,8 +11,6 @@ same speed), params and multiply-adds.
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,25 +18,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
+from mobilenet_tf import benchmark  # noqa: E402
 from mobilenet_tf import weights  # noqa: E402
 
 
 def compiled(model):
     return tf.function(lambda x: model(x, training=False), jit_compile=False)
-
-
-def time_pair(fns, x, repeats, warmup=3):
-    """Median seconds per call of each function in ``fns``, measured in alternation."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn(x).numpy()
-    samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, samples):
-            start = time.perf_counter()
-            fn(x).numpy()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
 
 
 def main(argv=None):
@@ -62,7 +47,7 @@ def main(argv=None):
         for batch in (int(b) for b in args.batches.split(",")):
             x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (batch, *shape)).astype("float32"))
             repeats = args.repeats or (100 if batch == 1 else 10)
-            ours_s, ref_s = time_pair(fns, x, repeats)
+            ours_s, ref_s = benchmark.median_seconds(fns, x, repeats)
             print(f"| {name} | {batch} | {ours_s * 1e3:.1f} | {ref_s * 1e3:.1f} | {ours_s / ref_s:.2f} "
                   f"| {prof.params / 1e6:.2f}M | {prof.madds / 1e6:.1f}M |", flush=True)
 

@@ -15,7 +15,6 @@ history.csv, metrics.json, curves.png, model.keras and a SavedModel.
 
 import dataclasses
 import os
-import sys
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -124,42 +123,18 @@ def load_splits(config):
     return train, val
 
 
-def set_precision(config):
-    if not config.mixed_precision:
-        return "float32"
-    if tf.config.list_logical_devices("TPU"):
-        policy = "mixed_bfloat16"
-    elif tf.config.list_physical_devices("GPU"):
-        policy = "mixed_float16"
-    elif config.force_mixed_precision:
-        policy = "mixed_bfloat16"
-    else:
-        raise ValueError("`--mixed-precision` needs a GPU or TPU (none found); on a CPU it is slower than "
-                         "float32. Pass --force-mixed-precision to use mixed_bfloat16 anyway.")
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
-
-
 def main(config):
     config = resolve(config)
-    strategy = strategy_lib.get_strategy(config.strategy, config.num_cpu_devices)
-    strategy_lib.per_replica_batch(config.global_batch_size, strategy)  # divisibility check
-    policy = set_precision(config)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    strategy, policy = engine.setup(config)
     train_split, val_split = load_splits(config)
     num_classes = val_split.num_classes
-    chief = strategy_lib.is_chief(strategy)
-    run = engine.prepare_run_dir(config.output_dir, config.overwrite) if chief else engine.RunDir(config.output_dir)
-    if chief:
-        config_lib.save_config(config, run.path("config.json"))
+    run, chief = engine.open_run(config, strategy)
 
     one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))
     pipeline = dict(batch_size=config.global_batch_size, image_size=config.image_size,
                     area_range=(config.crop_area_min, 1.0), deterministic=config.deterministic, seed=config.seed)
     val_ds = classification.make_pipeline(val_split, training=False, **pipeline).map(one_hot)
-    eval_steps = -(-val_split.num_examples // config.global_batch_size)
+    eval_steps = schedules.steps_for(val_split.num_examples, config.global_batch_size)
     schedule = schedules.get_schedule(config.schedule)
     steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
         train_split.num_examples if train_split else 1, config.global_batch_size)
@@ -182,7 +157,7 @@ def main(config):
                    keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
         return model, optimizer, smoothed_crossentropy, metrics
 
-    verbose = int(config.verbose) if config.verbose != "auto" else (1 if sys.stdout.isatty() else 2)
+    verbose = config_lib.keras_verbose(config.verbose)
     if config.eval_only:
         with strategy.scope():
             model, _, loss, metrics = build()
@@ -204,12 +179,8 @@ def main(config):
         results = model.evaluate(val_ds, steps=eval_steps, verbose=0, return_dict=True)
         top1, top5 = results["top1"], results["top5"]
     profile = mobilenet_tf.profile(model)
-    epochs_run = len(history.get("loss", []))
-    train_seconds = sum(history.get("train_seconds", []))
-    images = epochs_run * steps_per_epoch * config.global_batch_size
     metrics = dict(
-        top1=top1, top5=top5, epochs=epochs_run, train_seconds=train_seconds,
-        images_per_second=images / train_seconds if train_seconds else 0.0,
+        top1=top1, top5=top5, **engine.throughput(history, steps_per_epoch, config.global_batch_size),
         model=config.model, alpha=config.alpha, dataset=config.dataset, image_size=config.image_size,
         num_classes=num_classes, params=profile.params, madds=profile.madds, precision_policy=policy,
         replicas=strategy.num_replicas_in_sync,
@@ -218,7 +189,7 @@ def main(config):
         engine.plot_history(history, run.path("curves.png"))
     engine.export_model(model, run)
     engine.write_metrics(run, metrics)
-    print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({epochs_run} epochs, {metrics['images_per_second']:.0f} img/s)"
+    print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({metrics['epochs']} epochs, {metrics['images_per_second']:.0f} img/s)"
           f"  -> {run.root}")
     return metrics
 
@@ -228,11 +199,4 @@ def get_args_parser():
 
 
 if __name__ == "__main__":
-    try:
-        main(config_lib.config_from_args(Config))
-    except ValueError as error:
-        print(f"imagenet.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except engine.NaNLossError as error:
-        print(f"imagenet.py: {error}", file=sys.stderr)
-        sys.exit(1)
+    engine.recipe_main(main, Config)

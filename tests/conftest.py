@@ -1,4 +1,8 @@
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,3 +45,20 @@ def images():
         rng = np.random.default_rng(seed)
         return rng.uniform(low, high, (n, size, size, 3)).astype("float32")
     return make
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(script, *args, env=None, timeout=900, wait=True):
+    """Run ``recipes/<script>`` (or another repo path) in a fresh Python process;
+    a ``CompletedProcess`` (text output), or a ``Popen`` with ``wait=False``."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    cmd = [sys.executable, str(ROOT / script), *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir):
+    return json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())

@@ -1,33 +1,21 @@
 """`python recipes/imagenet.py` end to end: learning, resume, NaN guard, distribution."""
 
 import json
-import os
-import pathlib
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "recipes" / "imagenet.py")
+from conftest import read_metrics, run_script
+
 TINY = ["--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
         "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
 
 
-def recipe(*args, env=None, timeout=900, wait=True):
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
-    cmd = [sys.executable, SCRIPT, *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def read_metrics(run_dir):
-    return json.loads((run_dir / "metrics.json").read_text())
+def recipe(*args, **kwargs):
+    return run_script("recipes/imagenet.py", *args, **kwargs)
 
 
 def test_synthetic_default_learns_and_writes_the_run_directory(tmp_path):

@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 import mobilenet_tf
 from mobilenet_tf.data import classification, synthetic
-from mobilenet_tf.training import config as config_lib, schedules, strategy as strategy_lib
+from mobilenet_tf.training import config as config_lib, engine, schedules, strategy as strategy_lib
 
 
 @dataclasses.dataclass
@@ -133,3 +133,30 @@ def test_imagenet_without_manual_download_says_how(tmp_path):
         classification.tfds_split("imagenet2012", "train", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown dataset 'not_a_dataset'"):
         classification.tfds_split("not_a_dataset", "train", data_dir=str(tmp_path))
+
+
+def test_evaluate_function_joins_history_and_picks_the_best_checkpoint(tmp_path):
+    """``run_training(evaluate=...)``: a per-epoch score (like full-size mIoU or COCO mAP) is logged as
+    val_<name>, monitored for best.weights.h5, and no Keras validation data is needed."""
+    scores = iter([0.2, 0.9, 0.5])
+    kernels = []
+
+    def evaluate(model):
+        kernels.append(model.layers[-1].get_weights()[0].copy())
+        return {"score": next(scores)}
+
+    def build():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        return model, keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(reduction=None), []
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    train_ds = tf.data.Dataset.from_tensor_slices((x, x[:, :2])).batch(8).repeat()
+    run = engine.prepare_run_dir(str(tmp_path / "run"))
+    model, history = engine.run_training(
+        build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluate, monitor="val_score", epochs=3,
+        steps_per_epoch=4, eval_steps=None, run=run, strategy=tf.distribute.get_strategy(), global_batch_size=8,
+        verbose=0)
+    assert history["val_score"] == [0.2, 0.9, 0.5] and len(history["loss"]) == 3
+    best = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    best.load_weights(run.path("best.weights.h5"))
+    np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])  # epoch 2 scored best

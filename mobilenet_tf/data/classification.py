@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from mobilenet_tf.data import synthetic
+from mobilenet_tf.data import synthetic, tfds_builder
 
 MANUAL_DOWNLOAD_HELP = {
     "imagenet2012": (
@@ -29,7 +29,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 @dataclasses.dataclass
 class Split:
-    """A dataset split: ``(uint8 or float image (H, W, 3), int label)`` examples."""
+    """A dataset split: ``(image (H, W, 3), label)`` examples; the label is an int
+    for classification, a (H, W, 1) map of class ids for segmentation."""
 
     dataset: tf.data.Dataset
     num_examples: int
@@ -68,24 +69,9 @@ def folder_split(directory, class_names=None):
 
 def tfds_split(name, split, data_dir=None, download=True):
     """A TFDS image-classification split, as ``(image, label)``."""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # DatasetNotFoundError and friends
-        raise ValueError(f"unknown dataset {name!r}: {error}. Use 'synthetic', 'folder', 'imagenet2012', "
-                         "'imagenette' or any TFDS image-classification dataset name.") from error
-    if download:
-        try:
-            builder.download_and_prepare()  # a no-op once prepared
-        except Exception as error:
-            root = data_dir or os.path.expanduser("~/tensorflow_datasets")
-            manual_dir = os.path.join(root, "downloads", "manual")
-            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-                message = MANUAL_DOWNLOAD_HELP.get(name.split("/")[0], "{name} needs a manual download into {manual_dir}.")
-                raise ValueError(message.format(name=name, manual_dir=manual_dir, data_dir=root)
-                                 + f" ({type(error).__name__}: {str(error)[:200]})") from error
-            raise ValueError(f"could not download or prepare {name!r} in {root!r}: {error}") from error
+    builder = tfds_builder.prepared_builder(
+        name, data_dir, download, MANUAL_DOWNLOAD_HELP.get(name.split("/")[0]),
+        hint="Use 'synthetic', 'folder', 'imagenet2012', 'imagenette' or any TFDS image-classification dataset name.")
     features = builder.info.features
     keys = builder.info.supervised_keys
     if not keys or "label" not in features or len(features[keys[0]].shape) != 3:
@@ -94,9 +80,7 @@ def tfds_split(name, split, data_dir=None, download=True):
     if splits and split not in splits:
         split = "validation" if "validation" in splits else "test"
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-    num_examples = splits[split].num_examples if split in splits else int(ds.cardinality())
-    if num_examples < 1:  # unknown size (e.g. tfds.testing.mock_data): count once
-        num_examples = int(ds.reduce(0, lambda count, _: count + 1))
+    num_examples = tfds_builder.num_examples(builder, split, ds)
     label_feature = features[keys[1]]
     return Split(ds, num_examples, label_feature.num_classes, list(label_feature.names))
 

@@ -9,6 +9,7 @@ config is written to ``config.json`` in the run directory.
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 
 
@@ -60,3 +61,8 @@ def field(default, help, choices=None):
     if choices is not None:
         metadata["choices"] = choices
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def keras_verbose(setting):
+    """``--verbose`` -> Keras' ``verbose``: "auto" is a progress bar on a TTY, else one line per epoch."""
+    return int(setting) if setting != "auto" else (1 if sys.stdout.isatty() else 2)

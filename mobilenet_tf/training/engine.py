@@ -26,13 +26,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf._keras import keras
-from mobilenet_tf.training import schedules, strategy as strategy_lib
+from mobilenet_tf.training import config as config_lib, schedules, strategy as strategy_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,58 @@ class NaNLossError(RuntimeError):
     pass
 
 
+def setup(config):
+    """What every recipe does first: pick the strategy, check the batch divides over
+    its replicas, set the precision policy and the seeds. Returns (strategy, policy).
+
+    ``config`` needs: strategy, num_cpu_devices, global_batch_size,
+    mixed_precision, force_mixed_precision, seed, deterministic.
+    """
+    strategy = strategy_lib.get_strategy(config.strategy, config.num_cpu_devices)
+    strategy_lib.per_replica_batch(config.global_batch_size, strategy)  # divisibility check
+    policy = strategy_lib.set_precision(config.mixed_precision, config.force_mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy, policy
+
+
+def open_run(config, strategy):
+    """The run directory (``config.output_dir``) with config.json; returns (run, is_chief).
+
+    Only the chief creates (or, with ``config.overwrite``, replaces) it; call it
+    after loading the data, so that bad data arguments leave nothing behind.
+    """
+    chief = strategy_lib.is_chief(strategy)
+    if not chief:
+        return RunDir(config.output_dir), False
+    run = prepare_run_dir(config.output_dir, config.overwrite)
+    config_lib.save_config(config, run.path("config.json"))
+    return run, True
+
+
+def throughput(history, steps_per_epoch, global_batch_size):
+    """{epochs, train_seconds, images_per_second} over every epoch in ``history``."""
+    epochs = len(history.get("loss", []))
+    seconds = sum(history.get("train_seconds", []))
+    images = epochs * steps_per_epoch * global_batch_size
+    return dict(epochs=epochs, train_seconds=seconds, images_per_second=images / seconds if seconds else 0.0)
+
+
+def recipe_main(main, config_cls):
+    """A recipe's ``__main__``: flags -> config -> ``main``; exit 2 with the message on
+    bad input (``ValueError``), 1 when the loss became NaN."""
+    prog = os.path.basename(sys.argv[0])
+    try:
+        main(config_lib.config_from_args(config_cls))
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except NaNLossError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 class _EpochTimer(keras.callbacks.Callback):
     """Adds ``train_seconds`` (the epoch's training time, without validation) to the
     epoch's logs, so history.csv keeps it across resumed runs."""
@@ -78,7 +131,20 @@ class _EpochTimer(keras.callbacks.Callback):
             logs["train_seconds"] = self._seconds if self._seconds is not None else time.perf_counter() - self._start
 
 
-def _callbacks(run, monitor, ema, extra=()):
+class _Evaluate(keras.callbacks.Callback):
+    """Adds ``val_<key>`` for each ``evaluate(model)`` result to the epoch's logs,
+    before the checkpoint and CSV callbacks read them."""
+
+    def __init__(self, evaluate):
+        super().__init__()
+        self._evaluate = evaluate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update({f"val_{key}": value for key, value in self._evaluate(self.model).items()})
+
+
+def _callbacks(run, monitor, ema, extra=(), evaluate=None):
     callbacks = [
         keras.callbacks.BackupAndRestore(run.path("backup")),
         keras.callbacks.TerminateOnNaN(),
@@ -87,6 +153,8 @@ def _callbacks(run, monitor, ema, extra=()):
     if ema:
         # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    if evaluate is not None:
+        callbacks.append(_Evaluate(evaluate))
     callbacks += [
         keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True),
@@ -110,7 +178,7 @@ def read_history(run):
 def run_training(
     *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
     global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
-    sync_batchnorm=True, verbose="auto", callbacks=(),
+    sync_batchnorm=True, verbose="auto", callbacks=(), evaluate=None,
 ):
     """Train and evaluate under ``strategy``; returns ``(model, history)``.
 
@@ -122,7 +190,7 @@ def run_training(
             strategy's scope. ``loss`` takes (y_true, y_pred) and returns one value
             per example; ``metrics`` are Keras metric objects.
         train_ds: repeated, batched by the *global* batch size.
-        eval_ds: batched evaluation data (finite).
+        eval_ds: batched evaluation data (finite) for ``metrics``, or None.
         epochs, steps_per_epoch, eval_steps: loop lengths.
         run: the ``RunDir``.
         monitor: metric whose maximum picks ``best.weights.h5``.
@@ -131,6 +199,11 @@ def run_training(
             statistics (SyncBN), so every replica and worker keeps the same moving
             statistics; without it workers end with different ones.
         callbacks: more Keras callbacks for ``fit`` (not used by the multi-worker loop).
+        evaluate: optional ``model -> {name: float}`` run after every epoch (on
+            the EMA weights when ``ema``); its results join the history as
+            ``val_<name>`` and may be the ``monitor``. For metrics a Keras metric
+            cannot compute on a batch: full-resolution mIoU, COCO mAP, LFW
+            verification.
 
     Raises:
         NaNLossError: the loss became NaN (the last good checkpoint stays on disk).
@@ -141,13 +214,13 @@ def run_training(
         schedules.configure_batchnorm(model, synchronized=True)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return _custom_loop(model, optimizer, loss, metrics, train_ds, eval_ds, epochs, steps_per_epoch,
-                            eval_steps, run, strategy, global_batch_size, monitor, ema)
+                            eval_steps, run, strategy, global_batch_size, monitor, ema, evaluate)
     with strategy.scope():
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
                       steps_per_execution=steps_per_execution)
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
-                        validation_steps=eval_steps, callbacks=_callbacks(run, monitor, ema, callbacks),
-                        verbose=verbose)
+                        validation_steps=eval_steps if eval_ds is not None else None,
+                        callbacks=_callbacks(run, monitor, ema, callbacks, evaluate), verbose=verbose)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not math.isfinite(losses[-1]):
         raise NaNLossError(
@@ -159,7 +232,7 @@ def run_training(
 
 
 def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps,
-                 run, strategy, global_batch_size, monitor, ema):
+                 run, strategy, global_batch_size, monitor, ema, evaluate):
     """The multi-worker path: same outputs as ``fit`` (checkpoints, history, resume)."""
     chief = strategy_lib.is_chief(strategy)
     worker_dir = run.root if chief else run.path(f"workers/worker_{strategy.cluster_resolver.task_id}")
@@ -196,9 +269,8 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
                 metric.update_state(y, predictions)
         strategy.run(step, args=(x, y))
 
-    fieldnames = ["epoch", "loss", "train_seconds"] + [f"val_{m.name}" for m in metrics]
     csv_path = os.path.join(worker_dir, "history.csv")
-    best = -np.inf
+    best = max(read_history(RunDir(worker_dir)).get(monitor, []), default=-np.inf)  # survives a resume
     for epoch in range(int(epoch_var.numpy()), epochs):
         start = time.perf_counter()
         total = 0.0
@@ -211,12 +283,15 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
                                f"{manager.directory}.")
         if ema:
             _swap_ema(model, optimizer)  # evaluate and checkpoint the EMA weights, as fit does
-        for metric in metrics:
-            metric.reset_state()
-        for x, y in strategy.experimental_distribute_dataset(eval_ds.take(eval_steps)):
-            distributed_eval_step(x, y)
-        row = {"epoch": epoch, "loss": train_loss, "train_seconds": train_seconds,
-               **{f"val_{m.name}": float(m.result()) for m in metrics}}
+        row = {"epoch": epoch, "loss": train_loss, "train_seconds": train_seconds}
+        if eval_ds is not None:
+            for metric in metrics:
+                metric.reset_state()
+            for x, y in strategy.experimental_distribute_dataset(eval_ds.take(eval_steps)):
+                distributed_eval_step(x, y)
+            row.update({f"val_{m.name}": float(m.result()) for m in metrics})
+        if evaluate is not None:
+            row.update({f"val_{key}": value for key, value in evaluate(model).items()})
         model.save_weights(os.path.join(worker_dir, "last.weights.h5"))
         if row[monitor] > best:
             best = row[monitor]
@@ -227,7 +302,7 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
         manager.save()
         new_file = not os.path.exists(csv_path)
         with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer = csv.DictWriter(f, fieldnames=list(row))
             if new_file:
                 writer.writeheader()
             writer.writerow(row)

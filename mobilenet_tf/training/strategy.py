@@ -9,6 +9,8 @@ import os
 
 import tensorflow as tf
 
+from mobilenet_tf._keras import keras
+
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
 
@@ -92,3 +94,24 @@ def is_chief(strategy):
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0)
+
+
+def set_precision(mixed_precision, force_on_cpu=False):
+    """Set the global Keras dtype policy; returns its name.
+
+    mixed_float16 on GPU, mixed_bfloat16 on TPU; on a CPU (where it is slower
+    than float32) only with ``force_on_cpu`` (mixed_bfloat16).
+    """
+    if not mixed_precision:
+        return "float32"
+    if tf.config.list_logical_devices("TPU"):
+        policy = "mixed_bfloat16"
+    elif tf.config.list_physical_devices("GPU"):
+        policy = "mixed_float16"
+    elif force_on_cpu:
+        policy = "mixed_bfloat16"
+    else:
+        raise ValueError("`--mixed-precision` needs a GPU or TPU (none found); on a CPU it is slower than "
+                         "float32. Pass --force-mixed-precision to use mixed_bfloat16 anyway.")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy

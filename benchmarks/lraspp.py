@@ -1,0 +1,62 @@
+"""LR-ASPP segmentation latency: Keras vs TFLite (fp32, int8) side by side in one run.
+
+    python benchmarks/lraspp.py                                  # V3-Large and V3-Small at 512x1024, 1024x2048
+    python benchmarks/lraspp.py --backbones v3_small --sizes 512x1024 --threads 2 --repeats 5
+
+Batch 1, the paper's segmentation model (RF2, output stride 16, 128 filters, 19
+classes). Keras runs as a ``tf.function`` (no XLA); TFLite with ``--threads``
+threads and XNNPACK. Keras and TFLite fp32 are timed in alternating rounds;
+int8 (calibrated on random images, for speed only) after them. Prints a
+Markdown table with MAdds and the ratio Keras / TFLite.
+"""
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mobilenet_tf  # noqa: E402
+from mobilenet_tf import benchmark  # noqa: E402
+from mobilenet_tf import export  # noqa: E402
+from mobilenet_tf.heads import lraspp  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="v3_large,v3_small")
+    parser.add_argument("--sizes", default="512x1024,1024x2048")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and timing")
+    args = parser.parse_args(argv)
+
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, TFLite threads {args.threads}, batch 1\n")
+    print("| backbone | input | MAdds | Keras ms | TFLite fp32 ms | Keras / TFLite | TFLite int8 ms |")
+    print("|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for backbone in args.backbones.split(","):
+        for size in args.sizes.split(","):
+            height, width = (int(v) for v in size.split("x"))
+            model = lraspp.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
+            madds = mobilenet_tf.profile(model).madds
+            x = rng.uniform(0, 255, (1, height, width, 3)).astype("float32")
+            keras_fn = tf.function(lambda images: model(images, training=False))
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = export.TFLiteModel(export.to_tflite(model, os.path.join(tmp, "fp32.tflite")), args.threads)
+                keras_s, fp32_s = benchmark.median_seconds([keras_fn, fp32], x, args.repeats)
+                int8_ms = "-"
+                if not args.no_int8:
+                    calibration = [rng.uniform(0, 255, x.shape).astype("float32") for _ in range(4)]
+                    path = export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)
+                    int8 = export.TFLiteModel(path, args.threads)
+                    int8_ms = f"{benchmark.median_seconds([int8], x, args.repeats)[0] * 1e3:.0f}"
+            print(f"| {backbone} | {height}x{width} | {madds / 1e9:.2f}B | {keras_s * 1e3:.0f} | {fp32_s * 1e3:.0f} "
+                  f"| {keras_s / fp32_s:.2f} | {int8_ms} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

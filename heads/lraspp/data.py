@@ -1,0 +1,184 @@
+"""Segmentation input pipelines: TFDS Cityscapes, a folder of images + label PNGs,
+or synthetic shapes. Examples are ``(image, label)`` with image (H, W, 3) and label
+(H, W, 1) uint8 train ids, ``IGNORE_LABEL`` (255) where there is no class.
+
+Training augmentation (DeepLab's Cityscapes recipe): random scale in [0.5, 2.0],
+random crop padded with the mean pixel / the ignore label, horizontal flip. Images
+are resized bilinearly, labels with nearest neighbour only. Evaluation: the full
+image, single scale (the V3 paper's setting).
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_tf.data import shapes, tfds_builder
+from mobilenet_tf.data.classification import Split
+
+IGNORE_LABEL = 255
+MEAN_PIXEL = 127.5  # the padding value; the model maps it to 0 after its [-1, 1] rescaling
+
+# Cityscapes label ids -> 19 train ids (cityscapesScripts helpers/labels.py); all others -> ignore.
+# (label id, train id, name, colour)
+CITYSCAPES_CLASSES = (
+    (7, 0, "road", (128, 64, 128)),
+    (8, 1, "sidewalk", (244, 35, 232)),
+    (11, 2, "building", (70, 70, 70)),
+    (12, 3, "wall", (102, 102, 156)),
+    (13, 4, "fence", (190, 153, 153)),
+    (17, 5, "pole", (153, 153, 153)),
+    (19, 6, "traffic light", (250, 170, 30)),
+    (20, 7, "traffic sign", (220, 220, 0)),
+    (21, 8, "vegetation", (107, 142, 35)),
+    (22, 9, "terrain", (152, 251, 152)),
+    (23, 10, "sky", (70, 130, 180)),
+    (24, 11, "person", (220, 20, 60)),
+    (25, 12, "rider", (255, 0, 0)),
+    (26, 13, "car", (0, 0, 142)),
+    (27, 14, "truck", (0, 0, 70)),
+    (28, 15, "bus", (0, 60, 100)),
+    (31, 16, "train", (0, 80, 100)),
+    (32, 17, "motorcycle", (0, 0, 230)),
+    (33, 18, "bicycle", (119, 11, 32)),
+)
+CITYSCAPES_NAMES = [name for _, _, name, _ in CITYSCAPES_CLASSES]
+CITYSCAPES_PALETTE = np.array([colour for *_, colour in CITYSCAPES_CLASSES], np.uint8)
+
+CITYSCAPES_MANUAL_HELP = (
+    "cityscapes needs a manual download: log in at https://www.cityscapes-dataset.com, download "
+    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, put both zips in {manual_dir}, then rerun "
+    "(TFDS prepares cityscapes/semantic_segmentation from them once)."
+)
+
+
+def cityscapes_lookup():
+    """A 256-entry table: Cityscapes label id -> train id, everything else ``IGNORE_LABEL``."""
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    for label_id, train_id, _, _ in CITYSCAPES_CLASSES:
+        table[label_id] = train_id
+    return table
+
+
+def map_cityscapes_labels(label):
+    """uint8 label ids (any shape) -> uint8 train ids (``IGNORE_LABEL`` off the 19 classes)."""
+    return tf.gather(tf.constant(cityscapes_lookup()), tf.cast(label, tf.int32))
+
+
+def synthetic_split(training, num_examples, image_size, num_classes=5, seed=0):
+    ds = shapes.synthetic_segmentation(num_examples, image_size, num_classes, seed=seed + (0 if training else 10_000))
+    return Split(ds, num_examples, num_classes, shapes.class_names(num_classes))
+
+
+def cityscapes_split(split, data_dir=None, download=True, name="cityscapes/semantic_segmentation"):
+    """TFDS Cityscapes (fine annotations) with labels mapped to the 19 train ids."""
+    builder = tfds_builder.prepared_builder(name, data_dir, download, CITYSCAPES_MANUAL_HELP)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(lambda example: (example["image_left"], map_cityscapes_labels(example["segmentation_label"])),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return Split(ds, tfds_builder.num_examples(builder, split, ds), len(CITYSCAPES_CLASSES), list(CITYSCAPES_NAMES))
+
+
+def folder_split(images_dir, labels_dir, num_classes, class_names=None):
+    """Images and label PNGs paired by file stem (``a.jpg`` <-> ``a.png``); label values
+    are train ids in [0, num_classes) or ``IGNORE_LABEL``."""
+    for flag, directory in (("--images-dir", images_dir), ("--labels-dir", labels_dir)):
+        if not directory or not os.path.isdir(directory):
+            raise ValueError(f"`{flag}` {directory!r} is not a directory.")
+    stem = lambda f: os.path.splitext(f)[0]
+    labels = {stem(f): os.path.join(labels_dir, f) for f in os.listdir(labels_dir) if f.lower().endswith(".png")}
+    images = sorted(f for f in os.listdir(images_dir) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    pairs = [(os.path.join(images_dir, f), labels[stem(f)]) for f in images if stem(f) in labels]
+    if not pairs:
+        raise ValueError(f"no image in {images_dir!r} has a label PNG of the same name in {labels_dir!r}.")
+    check_folder_pairs(pairs, num_classes)
+
+    def load(image_path, label_path):
+        image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+        label = tf.io.decode_png(tf.io.read_file(label_path), channels=1)
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs)))).map(load, tf.data.AUTOTUNE)
+    names = class_names or [f"class_{i}" for i in range(num_classes)]
+    return Split(ds, len(pairs), num_classes, names)
+
+
+def check_folder_pairs(pairs, num_classes):
+    """Early ``ValueError`` for a pair whose sizes differ or whose label has values
+    outside [0, num_classes) other than ``IGNORE_LABEL`` (reads every label once)."""
+    from PIL import Image
+
+    for image_path, label_path in pairs:
+        with Image.open(image_path) as image, Image.open(label_path) as label:
+            if image.size != label.size:
+                raise ValueError(f"image {image_path} is {image.size[0]}x{image.size[1]} but its label "
+                                 f"{label_path} is {label.size[0]}x{label.size[1]}; they must be the same size.")
+            values = np.unique(np.asarray(label))
+        bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+        if bad.size:
+            raise ValueError(f"label {label_path} has values {bad[:10].tolist()}: label PNGs must hold train ids "
+                             f"in [0, {num_classes}) (--num-classes) or {IGNORE_LABEL} for 'ignore'.")
+
+
+def check_labels(label, num_classes):
+    """Fail on label values outside [0, num_classes) other than ``IGNORE_LABEL``."""
+    label = tf.cast(label, tf.int32)
+    bad = (label >= num_classes) & (label != IGNORE_LABEL)
+    tf.debugging.assert_equal(tf.reduce_any(bad), False, message=(
+        f"label values must be train ids in [0, {num_classes}) or {IGNORE_LABEL} (ignore)"))
+    return label
+
+
+def random_scale_crop_flip(image, label, crop_size, scale_range=(0.5, 2.0), seed=0):
+    """DeepLab's training augmentation on one example.
+
+    Args:
+        image: (H, W, 3) float32.
+        label: (H, W, 1) int32.
+        crop_size: (h, w) of the output.
+
+    Returns:
+        image (h, w, 3) float32, label (h, w, 1) int32; padding is ``MEAN_PIXEL`` /
+        ``IGNORE_LABEL``.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.random.uniform((), scale_range[0], scale_range[1], seed=seed + 1)
+    size = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, size, method="bilinear")
+    label = tf.image.resize(label, size, method="nearest")
+    pad_h, pad_w = tf.maximum(crop_size[0] - size[0], 0), tf.maximum(crop_size[1] - size[1], 0)
+    paddings = [[0, pad_h], [0, pad_w], [0, 0]]
+    image = tf.pad(image, paddings, constant_values=MEAN_PIXEL)
+    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+    both = tf.concat([image, tf.cast(label, tf.float32)], axis=-1)
+    both = tf.image.random_crop(both, (crop_size[0], crop_size[1], 4), seed=seed + 2)
+    both = tf.image.random_flip_left_right(both, seed=seed + 3)
+    return both[..., :3], tf.cast(both[..., 3:], tf.int32)
+
+
+def make_pipeline(split, *, training, batch_size, crop_size=None, scale_range=(0.5, 2.0), eval_size=None,
+                  shuffle_buffer=1000, deterministic=False, seed=0):
+    """Batched ``(float32 [0, 255] (B, h, w, 3), int32 (B, h, w, 1))``.
+
+    Training: shuffled, augmented (``random_scale_crop_flip`` to ``crop_size``),
+    repeated. Evaluation: full images (or resized to ``eval_size``; labels by
+    nearest neighbour), not repeated.
+    """
+    ds = split.dataset
+    if training:
+        ds = ds.shuffle(min(shuffle_buffer, split.num_examples), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
+        label = check_labels(label, split.num_classes)
+        if training:
+            image, label = random_scale_crop_flip(image, label, crop_size, scale_range, seed)
+        elif eval_size is not None:
+            image = tf.image.resize(image, eval_size, method="bilinear")
+            label = tf.image.resize(label, eval_size, method="nearest")
+        return tf.clip_by_value(image, 0.0, 255.0), label
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

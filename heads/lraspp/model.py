@@ -1,0 +1,178 @@
+"""LR-ASPP, the MobileNetV3 segmentation head (V3 paper section 6.3, Figure 10).
+
+The head reads two backbone endpoints: the last feature map ("C5", stride 16 with
+``output_stride=16``) and a stride-8 low-level map ("C3")::
+
+    C5 (1/16) -> 1x1 conv (filters) -> BN -> ReLU ---------------------+
+    C5 (1/16) -> avg pool (large kernel, large stride) -> 1x1 conv ->  *  -> x2 up -> 1x1 conv (classes) --+
+                 sigmoid -> bilinear resize to 1/16 ------------------+                                   +-> x8 up -> logits
+    C3 (1/8)  -> 1x1 conv (classes) ---------------------------------------------------------------------+
+
+Design choices, with their source:
+- Segmentation backbone: the last stage dilated (``output_stride=16``) and its
+  channels halved (``reduced_tail``, the paper's "RF2"), paper 6.3 and Table 7.
+- 128 filters in the 1x1 branch: the paper's best row (Table 7); 256 selectable.
+- Pooling ``"paper"``: Figure 10's "49x49 avg pool" over the 1/16 map of a
+  769x769 training crop. The kernel is the training crop divided by the output
+  stride (``ceil(769 / 16) = 49``, DeepLab's ``image_pooling_crop_size``), so in
+  training it covers the whole map and at 1024x2048 evaluation it slides; its
+  stride defaults to DeepLab's released ``image_pooling_stride=4,5`` (feature
+  pixels). ``"global"`` pools the whole map at any size (torchvision's LR-ASPP).
+- The 1x1 class conv of the upper branch runs before the x2 upsampling rather
+  than after (Figure 10's order): a 1x1 conv commutes with bilinear resizing, so
+  the output is identical and the conv costs 4x fewer multiply-adds.
+- Low-level branch: the output of the last stride-8 block (torchvision's choice,
+  40 channels in V3-Large). DeepLab taps the depthwise output inside the next
+  block (120 channels); the difference is 1.5K parameters.
+"""
+
+import math
+import numbers
+
+import mobilenet_tf
+from mobilenet_tf import backbone as backbone_lib, blocks
+from mobilenet_tf._keras import keras, layers
+
+POOLINGS = ("paper", "global")
+OUTPUT_STRIDES = (16, 32)
+FILTERS = (128, 256)
+HIGH_LEVEL, LOW_LEVEL = "C5", "C3"
+LOW_LEVEL_STRIDE = 8
+
+
+def build_lraspp(
+    backbone="v3_large",
+    num_classes=19,
+    input_shape=(1024, 2048, 3),
+    alpha=1.0,
+    output_stride=16,
+    reduced_tail=True,
+    filters=128,
+    pooling="paper",
+    pool_crop_size=(769, 769),
+    pool_strides=(4, 5),
+    include_preprocessing=True,
+    weights=None,
+    name=None,
+):
+    """MobileNetV3 + LR-ASPP segmentation model (V3 paper 6.3, Figure 10).
+
+    Args:
+        backbone: a registry name ("v3_large", "v3_small", their minimalistic
+            forms, "v2", "v1") or a ``keras.Model`` whose output is a dict with
+            "C3" (stride 8) and "C5" (stride ``output_stride``) feature maps.
+        num_classes: classes of the logits (19 for Cityscapes).
+        input_shape: (height, width, 3); height and width divisible by
+            ``output_stride``, or None (then ``pooling="global"``).
+        alpha: backbone width multiplier.
+        output_stride: 16 (the paper's segmentation backbone) or 32 (no dilation).
+        reduced_tail: halve the last stage (the paper's RF2).
+        filters: channels of the two C5 branches, 128 or 256 (Table 7).
+        pooling: "paper" (large-kernel average pooling, see the module docstring)
+            or "global".
+        pool_crop_size: training crop size the "paper" kernel is derived from.
+        pool_strides: stride of the "paper" pooling, in feature-map pixels.
+        include_preprocessing: the model takes [0, 255] pixels.
+        weights: backbone weights: None, "imagenet" or a ``.weights.h5`` file.
+        name: model name.
+
+    Returns:
+        ``keras.Model``: (B, H, W, 3) -> logits (B, H, W, num_classes), float32.
+
+    Example:
+        >>> model = build_lraspp("v3_small", num_classes=19, input_shape=(512, 1024, 3))
+    """
+    _check_int_choice(output_stride, "output_stride", OUTPUT_STRIDES)
+    _check_int_choice(filters, "filters", FILTERS)
+    backbone_lib.check_positive_int(num_classes, "num_classes")
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {POOLINGS}; got {pooling!r}.")
+    if isinstance(backbone, keras.Model):
+        features = backbone.output
+        inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
+        label = backbone.name
+    else:
+        input_shape = _check_input_shape(input_shape, output_stride)
+        inputs = layers.Input(shape=input_shape, name="image")
+        options = dict(alpha=alpha, include_top=False, weights=weights, input_tensor=inputs,
+                       include_preprocessing=include_preprocessing, return_endpoints=True,
+                       output_stride=output_stride, reduced_tail=reduced_tail)
+        features = mobilenet_tf.build(backbone, **options).output
+        label = backbone
+    if not isinstance(features, dict) or not {HIGH_LEVEL, LOW_LEVEL} <= set(features):
+        found = sorted(features) if isinstance(features, dict) else type(features).__name__
+        raise ValueError(f"the LR-ASPP head needs backbone endpoints {HIGH_LEVEL!r} and {LOW_LEVEL!r} (a dict "
+                         f"output, e.g. build(..., include_top=False, return_endpoints=True)); got {found}.")
+    high, low = features[HIGH_LEVEL], features[LOW_LEVEL]
+    logits = lraspp_head(high, low, num_classes, output_stride, filters=filters, pooling=pooling,
+                         pool_size=_pool_size(high, pool_crop_size, output_stride, pooling),
+                         pool_strides=pool_strides)
+    return keras.Model(inputs, logits, name=name or f"lraspp_{label}_{output_stride}")
+
+
+def lraspp_head(high, low, num_classes, output_stride=16, filters=128, pooling="paper", pool_size=None,
+                pool_strides=(4, 5)):
+    """The head on its two feature maps.
+
+    Args:
+        high: (B, H/s, W/s, C) features, s = ``output_stride`` (16 or 32).
+        low: (B, H/8, W/8, C') features.
+        pool_size: kernel of the "paper" pooling (feature pixels, <= the map size).
+
+    Returns:
+        (B, H, W, num_classes) float32 logits.
+    """
+    x = layers.Conv2D(filters, 1, use_bias=False, name="lraspp_conv")(high)
+    x = layers.BatchNormalization(epsilon=blocks.BN_EPSILON, momentum=blocks.BN_MOMENTUM, name="lraspp_bn")(x)
+    x = layers.ReLU(name="lraspp_relu")(x)
+    if pooling == "global":
+        scale = layers.GlobalAveragePooling2D(keepdims=True, name="lraspp_pool")(high)
+    else:
+        scale = layers.AveragePooling2D(pool_size, strides=pool_strides, padding="valid", name="lraspp_pool")(high)
+    scale = layers.Conv2D(filters, 1, use_bias=False, activation="sigmoid", name="lraspp_scale")(scale)
+    if pooling != "global" and tuple(scale.shape[1:3]) != (1, 1):
+        scale = layers.Resizing(high.shape[1], high.shape[2], interpolation="bilinear",
+                                name="lraspp_scale_resize")(scale)
+    x = layers.Multiply(name="lraspp_gate")([x, scale])
+    x = layers.Conv2D(num_classes, 1, name="lraspp_high_classifier")(x)
+    x = layers.UpSampling2D(output_stride // LOW_LEVEL_STRIDE, interpolation="bilinear",
+                            name="lraspp_high_upsample")(x)
+    y = layers.Conv2D(num_classes, 1, name="lraspp_low_classifier")(low)
+    x = layers.Add(name="lraspp_sum")([x, y])
+    return layers.UpSampling2D(LOW_LEVEL_STRIDE, interpolation="bilinear", dtype="float32", name="logits")(x)
+
+
+def _check_int_choice(value, name, choices):
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
+
+
+def _check_input_shape(input_shape, output_stride):
+    """(H, W, 3) with H and W multiples of ``output_stride`` (or None)."""
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (height, width, channels), e.g. (1024, 2048, 3); got {input_shape!r}.")
+    for axis, size in zip(("height", "width"), input_shape[:2]):
+        if size is None:
+            continue
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 2 * output_stride \
+                or size % output_stride:
+            suggestion = max(2, round(size / output_stride)) * output_stride if isinstance(size, numbers.Real) else 512
+            raise ValueError(
+                f"`input_shape` {tuple(input_shape)}: {axis} {size!r} must be a multiple of output_stride "
+                f"{output_stride} (>= {2 * output_stride}) so that the 1/8 and 1/{output_stride} maps align; "
+                f"pad or crop the images to e.g. {suggestion} (the recipe crops 768, not DeepLab's 769)."
+            )
+    return tuple(input_shape)
+
+
+def _pool_size(high, pool_crop_size, output_stride, pooling):
+    """The "paper" kernel: ceil(crop / output_stride), at most the feature map."""
+    if pooling == "global":
+        return None
+    if high.shape[1] is None or high.shape[2] is None:
+        raise ValueError("`pooling='paper'` needs a known input height and width (its kernel is clipped to the "
+                         "feature map); pass input_shape=(H, W, 3) or use pooling='global' for any size.")
+    if not isinstance(pool_crop_size, (tuple, list)) or len(pool_crop_size) != 2:
+        raise ValueError(f"`pool_crop_size` must be (height, width), e.g. (769, 769); got {pool_crop_size!r}.")
+    kernel = [math.ceil(c / output_stride) for c in pool_crop_size]
+    return (min(kernel[0], high.shape[1]), min(kernel[1], high.shape[2]))

@@ -1,0 +1,259 @@
+"""Train and evaluate MobileNetV3 + LR-ASPP semantic segmentation (V3 paper 6.3).
+
+    python recipes/lraspp_cityscapes.py                     # synthetic shapes, CPU, a few minutes, learns
+    python recipes/lraspp_cityscapes.py --backbone v3_small --data-dir ~/tensorflow_datasets \\
+        --strategy auto --output-dir runs/seg
+    python recipes/lraspp_cityscapes.py --eval-only --weights runs/seg/best.weights.h5 --data-dir ...
+    python recipes/lraspp_cityscapes.py --dataset folder --images-dir img --labels-dir lbl --num-classes 5
+    python recipes/lraspp_cityscapes.py --help
+
+Flags left at None take the dataset's default: Cityscapes gets DeepLab's recipe
+(see ``CITYSCAPES_DEFAULTS``), the synthetic set a small CPU setting. The run
+directory gets config.json, checkpoints, TensorBoard logs, history.csv,
+metrics.json (mIoU, pixel accuracy, per-class IoU), curves.png,
+predictions.png, model.keras + saved_model/ at the evaluation size, and
+optionally TFLite files.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import mobilenet_tf  # noqa: E402
+from mobilenet_tf import export  # noqa: E402
+from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf.heads import lraspp  # noqa: E402
+from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics, visualize  # noqa: E402
+from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
+from mobilenet_tf.training import strategy as strategy_lib  # noqa: E402
+from mobilenet_tf.training.config import field  # noqa: E402
+
+# DeepLab's Cityscapes recipe for MobileNetV3 (research/deeplab g3doc and train.py):
+# momentum SGD, poly decay (power 0.9) from 0.01, batch 16 with synchronised BN,
+# 769x769 crops (768 here: a multiple of the output stride), scale 0.5-2.0,
+# weight decay 4e-5, BN decay 0.9997, evaluation at 1024x2048.
+CITYSCAPES_DEFAULTS = dict(backbone="v3_large", crop_size=768, eval_height=1024, eval_width=2048,
+                           scale_min=0.5, scale_max=2.0, epochs=500, global_batch_size=16,
+                           learning_rate=0.01, bn_momentum=0.9997)
+# What the synthetic default changes so that it learns on a CPU in minutes.
+SYNTHETIC_DEFAULTS = dict(backbone="v3_small", crop_size=128, eval_height=128, eval_width=128,
+                          scale_min=0.75, scale_max=1.5, epochs=4, global_batch_size=16,
+                          learning_rate=0.05, bn_momentum=0.9)
+FOLDER_DEFAULTS = dict(CITYSCAPES_DEFAULTS, crop_size=512, eval_height=None, eval_width=None)
+
+
+@dataclasses.dataclass
+class Config:
+    """Train and evaluate MobileNetV3 + LR-ASPP semantic segmentation (V3 paper 6.3)."""
+
+    backbone: Optional[str] = field(None, "backbone name (default v3_large; synthetic v3_small)")
+    alpha: float = field(1.0, "backbone width multiplier")
+    output_stride: int = field(16, "16 = last stage dilated (the paper's); 32 = not dilated", choices=[16, 32])
+    reduced_tail: bool = field(True, "halve the last stage (the paper's RF2)")
+    filters: int = field(128, "LR-ASPP branch filters (Table 7)", choices=[128, 256])
+    pooling: str = field("paper", "paper (large-kernel average pooling) | global", choices=list(lraspp.model.POOLINGS))
+    dataset: str = field("synthetic", "synthetic | cityscapes | folder", choices=["synthetic", "cityscapes", "folder"])
+    data_dir: Optional[str] = field(None, "TFDS data dir; cityscapes needs DATA_DIR/downloads/manual/"
+                                          "{leftImg8bit,gtFine}_trainvaltest.zip")
+    images_dir: Optional[str] = field(None, "--dataset folder: training images")
+    labels_dir: Optional[str] = field(None, "--dataset folder: training label PNGs (same file stems; values = "
+                                            "class ids, 255 = ignore)")
+    val_images_dir: Optional[str] = field(None, "--dataset folder: evaluation images")
+    val_labels_dir: Optional[str] = field(None, "--dataset folder: evaluation label PNGs")
+    num_classes: Optional[int] = field(None, "--dataset folder: number of classes")
+    crop_size: Optional[int] = field(None, "square training crop, a multiple of the output stride "
+                                           "(default 768; synthetic 128)")
+    eval_height: Optional[int] = field(None, "evaluation input height (default: Cityscapes 1024; synthetic 128; "
+                                             "folder: --crop-size)")
+    eval_width: Optional[int] = field(None, "evaluation input width (default: Cityscapes 2048)")
+    scale_min: Optional[float] = field(None, "smallest random scale (default 0.5; synthetic 0.75)")
+    scale_max: Optional[float] = field(None, "largest random scale (default 2.0; synthetic 1.5)")
+    epochs: Optional[int] = field(None, "epochs (default 500 = about 93k steps at batch 16; synthetic 4)")
+    steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
+    global_batch_size: Optional[int] = field(None, "batch over all replicas (default 16)")
+    learning_rate: Optional[float] = field(None, "initial lr of the poly schedule (default 0.01; synthetic 0.05)")
+    poly_power: float = field(0.9, "poly decay power")
+    momentum: float = field(0.9, "SGD momentum")
+    weight_decay: float = field(4e-5, "L2 on conv kernels (slim's l2_regularizer scale)")
+    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum (default 0.9997; synthetic 0.9)")
+    synthetic_classes: int = field(5, "classes of the synthetic dataset, background included")
+    synthetic_train_examples: int = field(1600, "synthetic training scenes per epoch")
+    synthetic_eval_examples: int = field(200, "synthetic evaluation scenes")
+    strategy: str = field("auto", "tf.distribute strategy", choices=list(strategy_lib.STRATEGIES))
+    sync_batchnorm: bool = field(True, "with several replicas, all-reduce BatchNormalization statistics")
+    num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
+    mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
+    force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
+    jit_compile: bool = field(False, "compile the train step with XLA")
+    eval_batch_size: int = field(4, "evaluation batch size")
+    tflite: str = field("", "also export TFLite: comma list of fp32, float16, dynamic, int8")
+    output_dir: str = field("runs/lraspp", "run directory")
+    overwrite: bool = field(False, "replace a finished run in --output-dir")
+    eval_only: bool = field(False, "only evaluate --weights")
+    weights: Optional[str] = field(None, "a .weights.h5 of the whole model to start from / evaluate")
+    backbone_weights: Optional[str] = field(None, "'imagenet' or a backbone .weights.h5 (needs "
+                                                  "--no-reduced-tail for imagenet; the paper trains from scratch)")
+    seed: int = field(0, "random seed")
+    deterministic: bool = field(False, "deterministic ops and input order (slower)")
+    verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")
+
+
+TFLITE_FORMATS = {"fp32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+
+
+def resolve(config):
+    """Fill every None with the dataset's default; check inputs early."""
+    preset = {"synthetic": SYNTHETIC_DEFAULTS, "cityscapes": CITYSCAPES_DEFAULTS}.get(config.dataset, FOLDER_DEFAULTS)
+    resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
+                                              if getattr(config, key) is None})
+    if resolved.eval_height is None or resolved.eval_width is None:
+        resolved = dataclasses.replace(resolved, eval_height=resolved.eval_height or resolved.crop_size,
+                                       eval_width=resolved.eval_width or resolved.crop_size)
+    mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError
+    if config.dataset == "folder":
+        if not resolved.num_classes:
+            raise ValueError("`--dataset folder` needs --num-classes (label values are 0..num_classes-1, 255 = ignore).")
+        if not (resolved.images_dir or resolved.eval_only) or not (resolved.val_images_dir or resolved.images_dir):
+            raise ValueError("`--dataset folder` needs --images-dir and --labels-dir (and optionally "
+                             "--val-images-dir / --val-labels-dir).")
+    if resolved.eval_only and not resolved.weights:
+        raise ValueError("`--eval-only` needs --weights (a .weights.h5 of the whole model).")
+    for name in ("epochs", "global_batch_size", "eval_batch_size"):
+        if getattr(resolved, name) < 1:
+            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
+    for name in ("crop_size", "eval_height", "eval_width"):
+        value = getattr(resolved, name)
+        if value % resolved.output_stride or value < 2 * resolved.output_stride:
+            raise ValueError(f"`--{name.replace('_', '-')}` {value} must be a multiple of --output-stride "
+                             f"{resolved.output_stride} (>= {2 * resolved.output_stride}); e.g. "
+                             f"{max(2, round(value / resolved.output_stride)) * resolved.output_stride}.")
+    if not 0 < resolved.scale_min <= resolved.scale_max:
+        raise ValueError(f"need 0 < --scale-min <= --scale-max; got {resolved.scale_min}, {resolved.scale_max}.")
+    unknown = [f for f in filter(None, resolved.tflite.split(",")) if f not in TFLITE_FORMATS]
+    if unknown:
+        raise ValueError(f"`--tflite` formats must be among {sorted(TFLITE_FORMATS)}; got {unknown}.")
+    return resolved
+
+
+def load_splits(config):
+    if config.dataset == "synthetic":
+        size = max(config.crop_size, config.eval_height, config.eval_width)
+        train = data.synthetic_split(True, config.synthetic_train_examples, size, config.synthetic_classes, config.seed)
+        val = data.synthetic_split(False, config.synthetic_eval_examples, size, config.synthetic_classes, config.seed)
+    elif config.dataset == "cityscapes":
+        train = None if config.eval_only else data.cityscapes_split("train", config.data_dir)
+        val = data.cityscapes_split("validation", config.data_dir)
+    else:
+        train = None if config.eval_only else data.folder_split(config.images_dir, config.labels_dir,
+                                                                config.num_classes)
+        val = data.folder_split(config.val_images_dir or config.images_dir,
+                                config.val_labels_dir or config.labels_dir, config.num_classes)
+    return train, val
+
+
+def build_model(config, num_classes, height, width, backbone_weights=None):
+    return lraspp.build_lraspp(
+        config.backbone, num_classes=num_classes, input_shape=(height, width, 3), alpha=config.alpha,
+        output_stride=config.output_stride, reduced_tail=config.reduced_tail, filters=config.filters,
+        pooling=config.pooling, pool_crop_size=(config.crop_size, config.crop_size), weights=backbone_weights)
+
+
+class Evaluator:
+    """Full-size evaluation of the training model: its weights are copied into a
+    model built at the evaluation size (the paper's pooling kernel is fixed by the
+    training crop; the evaluation image is larger), then a streaming confusion
+    matrix gives mIoU over every labelled pixel."""
+
+    def __init__(self, config, num_classes, val_ds):
+        self.model = build_model(config, num_classes, config.eval_height, config.eval_width)
+        self.confusion = seg_metrics.ConfusionMatrix(self.model, num_classes)
+        self.val_ds = val_ds
+
+    def matrix(self, trained):
+        self.model.set_weights(trained.get_weights())
+        return self.confusion(self.val_ds)
+
+    def __call__(self, trained):
+        results = seg_metrics.scores(self.matrix(trained))
+        return {"miou": results["miou"], "pixel_accuracy": results["pixel_accuracy"]}
+
+
+def main(config):
+    config = resolve(config)
+    strategy, policy = engine.setup(config)
+    train_split, val_split = load_splits(config)
+    num_classes = val_split.num_classes
+    run, chief = engine.open_run(config, strategy)
+
+    val_ds = data.make_pipeline(val_split, training=False, batch_size=config.eval_batch_size,
+                                eval_size=(config.eval_height, config.eval_width))
+    evaluator = Evaluator(config, num_classes, val_ds)
+    steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
+        train_split.num_examples if train_split else 1, config.global_batch_size)
+
+    def build():
+        model = build_model(config, num_classes, config.crop_size, config.crop_size, config.backbone_weights)
+        if config.weights:
+            model.load_weights(config.weights)
+        schedules.add_weight_decay(model, config.weight_decay)
+        schedules.configure_batchnorm(model, momentum=config.bn_momentum)
+        lr = keras.optimizers.schedules.PolynomialDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, end_learning_rate=0.0,
+            power=config.poly_power)
+        optimizer = keras.optimizers.SGD(lr, momentum=config.momentum)
+        return model, optimizer, seg_metrics.ignore_label_crossentropy, [seg_metrics.mean_iou_metric(num_classes)]
+
+    if config.eval_only:
+        with strategy.scope():
+            model = build()[0]
+        history = {}
+    else:
+        train_ds = data.make_pipeline(
+            train_split, training=True, batch_size=config.global_batch_size, crop_size=(config.crop_size,) * 2,
+            scale_range=(config.scale_min, config.scale_max), deterministic=config.deterministic, seed=config.seed)
+        model, history = engine.run_training(
+            build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluator, monitor="val_miou",
+            epochs=config.epochs, steps_per_epoch=steps_per_epoch, eval_steps=None, run=run, strategy=strategy,
+            global_batch_size=config.global_batch_size, jit_compile=config.jit_compile,
+            sync_batchnorm=config.sync_batchnorm, verbose=config_lib.keras_verbose(config.verbose),
+        )
+    if not chief:
+        return {}
+    results = seg_metrics.scores(evaluator.matrix(model), val_split.class_names)
+    profile = mobilenet_tf.profile(evaluator.model)
+    metrics = dict(
+        results, **engine.throughput(history, steps_per_epoch, config.global_batch_size),
+        backbone=config.backbone, alpha=config.alpha, output_stride=config.output_stride, dataset=config.dataset,
+        crop_size=config.crop_size, eval_size=[config.eval_height, config.eval_width], num_classes=num_classes,
+        params=profile.params, madds=profile.madds, precision_policy=policy, replicas=strategy.num_replicas_in_sync,
+    )
+    if history:
+        engine.plot_history(history, run.path("curves.png"), metric="miou")
+    save_predictions(evaluator.model, val_ds, run.path("predictions.png"), num_classes, config.dataset)
+    engine.export_model(evaluator.model, run)
+    for fmt in filter(None, config.tflite.split(",")):
+        calibration = val_ds.map(lambda images, labels: images).unbatch().batch(1)
+        export.to_tflite(evaluator.model, run.path(f"model_{fmt}.tflite"), TFLITE_FORMATS[fmt], calibration)
+    engine.write_metrics(run, metrics)
+    print(f"mIoU {results['miou']:.4f}  pixel accuracy {results['pixel_accuracy']:.4f}  ({metrics['epochs']} epochs, "
+          f"{metrics['images_per_second']:.1f} img/s)  -> {run.root}")
+    return metrics
+
+
+def save_predictions(model, val_ds, path, num_classes, dataset):
+    images, labels = next(iter(val_ds))
+    predictions = np.argmax(model(images, training=False), axis=-1)
+    palette = data.CITYSCAPES_PALETTE if dataset == "cityscapes" else None
+    visualize.save_grid(np.asarray(images), np.asarray(labels), predictions, path, num_classes, palette)
+
+
+def get_args_parser():
+    return config_lib.get_args_parser(Config)
+
+
+if __name__ == "__main__":
+    engine.recipe_main(main, Config)

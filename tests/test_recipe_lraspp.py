@@ -1,0 +1,74 @@
+"""`python recipes/lraspp_cityscapes.py` end to end: learning, TFLite, eval-only, distribution, bad input."""
+
+
+import numpy as np
+import pytest
+
+from conftest import read_metrics, run_script
+from mobilenet_tf import export
+from mobilenet_tf._keras import keras
+from mobilenet_tf.heads.lraspp import data
+
+TINY = ["--alpha", "0.35", "--crop-size", "64", "--eval-height", "64", "--eval-width", "64",
+        "--synthetic-train-examples", "64", "--synthetic-eval-examples", "16", "--global-batch-size", "8",
+        "--verbose", "2"]
+
+
+def recipe(*args, **kwargs):
+    return run_script("recipes/lraspp_cityscapes.py", *args, **kwargs)
+
+
+def test_synthetic_default_learns_and_exports_tflite(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert metrics["miou"] >= 0.6, metrics
+    assert metrics["pixel_accuracy"] > metrics["per_class_iou"]["background"] * 0.5
+    assert set(metrics["per_class_iou"]) == set(data.synthetic_split(False, 1, 32).class_names)
+    assert metrics["epochs"] == 4 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
+    for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "predictions.png", "model.keras",
+                 "saved_model", "model_fp32.tflite", "model_int8.tflite"):
+        assert (run_dir / name).exists(), name
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert "val_miou" in history[0] and len(history) == 5
+
+    # TFLite: fp32 logits equal Keras'; int8 predicts the same class on >= 95% of pixels.
+    model = keras.models.load_model(run_dir / "model.keras")
+    images = np.stack([image for image, _ in data.synthetic_split(False, 8, 128).dataset.as_numpy_iterator()])
+    images = images.astype("float32")
+    keras_logits = np.asarray(model(images, training=False))
+    fp32 = export.TFLiteModel(str(run_dir / "model_fp32.tflite"))(images)
+    assert np.abs(fp32 - keras_logits).max() < 1e-4 * max(1.0, np.abs(keras_logits).max())
+    int8 = export.TFLiteModel(str(run_dir / "model_int8.tflite"))(images)
+    assert np.mean(int8.argmax(-1) == keras_logits.argmax(-1)) >= 0.95
+
+    # --eval-only from the best checkpoint reproduces the mIoU.
+    evaluated = recipe("--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
+                       str(run_dir / "best.weights.h5"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert read_metrics(tmp_path / "eval")["miou"] >= 0.6
+
+
+def test_mirrored_on_two_cpu_devices(tmp_path):
+    proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+                  "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["replicas"] == 2 and 0.0 <= metrics["miou"] <= 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--crop-size", "100"], "multiple of --output-stride 16"),
+    (["--backbone", "v5"], "unknown model name 'v5'"),
+    (["--dataset", "cityscapes"], "gtFine_trainvaltest.zip"),
+    (["--dataset", "folder"], "needs --num-classes"),
+    (["--dataset", "folder", "--num-classes", "3", "--images-dir", "nowhere", "--labels-dir", "nowhere"],
+     "is not a directory"),
+    (["--eval-only"], "needs --weights"),
+    (["--tflite", "int4"], "`--tflite` formats"),
+])
+def test_bad_input_fails_before_training(args, message, tmp_path):
+    proc = recipe(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "history.csv").exists()
