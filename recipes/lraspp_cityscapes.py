@@ -1,10 +1,12 @@
 """Train and evaluate MobileNetV3 + LR-ASPP semantic segmentation (V3 paper 6.3).
 
     python recipes/lraspp_cityscapes.py                     # synthetic shapes, CPU, a few minutes, learns
-    python recipes/lraspp_cityscapes.py --backbone v3_small --data-dir ~/tensorflow_datasets \\
+    python recipes/lraspp_cityscapes.py --backbone v3_small --dataset cityscapes --data-dir ~/tensorflow_datasets \\
         --strategy auto --output-dir runs/seg
-    python recipes/lraspp_cityscapes.py --eval-only --weights runs/seg/best.weights.h5 --data-dir ...
-    python recipes/lraspp_cityscapes.py --dataset folder --images-dir img --labels-dir lbl --num-classes 5
+    python recipes/lraspp_cityscapes.py --eval-only --weights runs/seg/best.weights.h5 --backbone v3_small \\
+        --dataset cityscapes --data-dir ~/tensorflow_datasets --output-dir runs/seg_eval
+    python recipes/lraspp_cityscapes.py --dataset folder --images-dir img --labels-dir lbl --num-classes 5 \\
+        --eval-height 512 --eval-width 512
     python recipes/lraspp_cityscapes.py --help
 
 Flags left at None take the dataset's default: Cityscapes gets DeepLab's recipe
@@ -42,11 +44,11 @@ from mobilenet_tf.training.config import field  # noqa: E402
 # batch 16 = 93k steps. Crops are 768, a multiple of the output stride.
 CITYSCAPES_DEFAULTS = dict(backbone="v3_large", crop_size=768, eval_height=1024, eval_width=2048,
                            scale_min=0.5, scale_max=2.0, epochs=500, global_batch_size=16,
-                           learning_rate=0.01, bn_momentum=0.997)
+                           learning_rate=0.01, bn_momentum=0.997, eval_every=10, shuffle_buffer=64)
 # What the synthetic default changes so that it learns on a CPU in minutes.
 SYNTHETIC_DEFAULTS = dict(backbone="v3_small", crop_size=128, eval_height=128, eval_width=128,
                           scale_min=0.75, scale_max=1.5, epochs=4, global_batch_size=16,
-                          learning_rate=0.05, bn_momentum=0.9)
+                          learning_rate=0.05, bn_momentum=0.9, eval_every=1, shuffle_buffer=1000)
 FOLDER_DEFAULTS = dict(CITYSCAPES_DEFAULTS, crop_size=512, eval_height=None, eval_width=None)
 
 
@@ -71,13 +73,18 @@ class Config:
     num_classes: Optional[int] = field(None, "--dataset folder: number of classes")
     crop_size: Optional[int] = field(None, "square training crop, a multiple of the output stride "
                                            "(default 768; synthetic 128)")
-    eval_height: Optional[int] = field(None, "evaluation input height (default: Cityscapes 1024; synthetic 128; "
-                                             "folder: --crop-size)")
-    eval_width: Optional[int] = field(None, "evaluation input width (default: Cityscapes 2048)")
+    eval_height: Optional[int] = field(None, "evaluation input height; images are resized to it, labels by "
+                                             "nearest neighbour (default: Cityscapes 1024; synthetic 128; "
+                                             "folder: required)")
+    eval_width: Optional[int] = field(None, "evaluation input width (default: Cityscapes 2048; synthetic 128)")
+    eval_every: Optional[int] = field(None, "evaluate every N epochs and after the last (default: Cityscapes 10, "
+                                            "synthetic 1)")
     scale_min: Optional[float] = field(None, "smallest random scale (default 0.5; synthetic 0.75)")
     scale_max: Optional[float] = field(None, "largest random scale (default 2.0; synthetic 1.5)")
     epochs: Optional[int] = field(None, "epochs (default 500 = about 93k steps at batch 16; synthetic 4)")
     steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
+    shuffle_buffer: Optional[int] = field(None, "decoded examples in the shuffle buffer (default: Cityscapes 64, "
+                                                "8 MB each; synthetic 1000)")
     global_batch_size: Optional[int] = field(None, "batch over all replicas (default 16)")
     learning_rate: Optional[float] = field(None, "initial lr of the poly schedule (default 0.01; synthetic 0.05)")
     poly_power: float = field(0.9, "poly decay power")
@@ -114,9 +121,6 @@ def resolve(config):
     preset = {"synthetic": SYNTHETIC_DEFAULTS, "cityscapes": CITYSCAPES_DEFAULTS}.get(config.dataset, FOLDER_DEFAULTS)
     resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
                                               if getattr(config, key) is None})
-    if resolved.eval_height is None or resolved.eval_width is None:
-        resolved = dataclasses.replace(resolved, eval_height=resolved.eval_height or resolved.crop_size,
-                                       eval_width=resolved.eval_width or resolved.crop_size)
     mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError
     if config.dataset == "folder":
         if not resolved.num_classes:
@@ -124,9 +128,12 @@ def resolve(config):
         if not (resolved.images_dir or resolved.eval_only) or not (resolved.val_images_dir or resolved.images_dir):
             raise ValueError("`--dataset folder` needs --images-dir and --labels-dir (and optionally "
                              "--val-images-dir / --val-labels-dir).")
+    if resolved.eval_height is None or resolved.eval_width is None:
+        raise ValueError("`--dataset folder` needs --eval-height and --eval-width (multiples of the output stride): "
+                         "the evaluation size, to which images are resized and labels resized by nearest neighbour.")
     if resolved.eval_only and not resolved.weights:
         raise ValueError("`--eval-only` needs --weights (a .weights.h5 of the whole model).")
-    for name in ("epochs", "global_batch_size", "eval_batch_size"):
+    for name in ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer"):
         if getattr(resolved, name) < 1:
             raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
     for name in ("crop_size", "eval_height", "eval_width"):
@@ -218,9 +225,11 @@ def main(config):
     else:
         train_ds = data.make_pipeline(
             train_split, training=True, batch_size=config.global_batch_size, crop_size=(config.crop_size,) * 2,
-            scale_range=(config.scale_min, config.scale_max), deterministic=config.deterministic, seed=config.seed)
+            scale_range=(config.scale_min, config.scale_max), shuffle_buffer=config.shuffle_buffer,
+            deterministic=config.deterministic, seed=config.seed)
         model, history = engine.run_training(
-            build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluator, monitor="val_miou",
+            build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluator, evaluate_every=config.eval_every,
+            monitor="val_miou",
             epochs=config.epochs, steps_per_epoch=steps_per_epoch, eval_steps=None, run=run, strategy=strategy,
             global_batch_size=config.global_batch_size, jit_compile=config.jit_compile,
             sync_batchnorm=config.sync_batchnorm, verbose=config_lib.keras_verbose(config.verbose),

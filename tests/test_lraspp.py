@@ -90,6 +90,8 @@ def test_a_keras_backbone_with_endpoints_is_accepted():
                                   return_endpoints=True, output_stride=16, reduced_tail=True)
     model = lraspp.build_lraspp(backbone, num_classes=4)
     assert run(model, np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 4)
+    with pytest.raises(ValueError, match="pass the output_stride the backbone was built with"):
+        lraspp.build_lraspp(backbone, num_classes=4, output_stride=32)
 
 
 def test_cityscapes_label_ids_map_to_19_train_ids():
@@ -185,6 +187,24 @@ def test_folder_dataset_and_its_errors(tmp_path):
         data.folder_split(str(tmp_path / "img"), str(tmp_path / "lbl"), num_classes=3)
     with pytest.raises(ValueError, match="is not a directory"):
         data.folder_split(str(tmp_path / "missing"), str(tmp_path / "lbl"), num_classes=3)
+    # 16-bit label PNGs are refused (decoding would rescale their values).
+    tf.io.write_file(str(tmp_path / "lbl" / "1.png"), tf.io.encode_png(np.ones((40, 48, 1), np.uint16)))
+    with pytest.raises(ValueError, match="'I;16' PNG"):
+        data.folder_split(str(tmp_path / "img"), str(tmp_path / "lbl"), num_classes=3)
+
+
+def test_palette_label_pngs_read_as_class_indices(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir(), (tmp_path / "lbl").mkdir()
+    indices = np.array([[0, 1, 2, 255]] * 4, np.uint8).repeat(8, axis=0).repeat(8, axis=1)  # 32x32
+    label = Image.fromarray(indices, mode="P")
+    label.putpalette([200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 759)  # colours unlike the indices
+    label.save(tmp_path / "lbl" / "a.png")
+    tf.io.write_file(str(tmp_path / "img" / "a.png"), tf.io.encode_png(np.zeros((32, 32, 3), np.uint8)))
+    split = data.folder_split(str(tmp_path / "img"), str(tmp_path / "lbl"), num_classes=3)
+    _, labels = next(data.make_pipeline(split, training=False, batch_size=1).as_numpy_iterator())
+    np.testing.assert_array_equal(labels[0, ..., 0], indices)
 
 
 def test_pipeline_rejects_label_values_out_of_range():

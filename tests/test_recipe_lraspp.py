@@ -55,7 +55,12 @@ def test_mirrored_on_two_cpu_devices(tmp_path):
                   "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
-    assert metrics["replicas"] == 2 and 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["replicas"] == 2 and metrics["epochs"] == 1
+    # The full-size evaluation ran inside training and again at the end, on the same weights.
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    header, row = history[0].split(","), history[1].split(",")
+    assert float(row[header.index("val_miou")]) == pytest.approx(metrics["miou"])
+    assert (tmp_path / "run" / "best.weights.h5").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,12 +68,14 @@ def test_mirrored_on_two_cpu_devices(tmp_path):
     (["--backbone", "v5"], "unknown model name 'v5'"),
     (["--dataset", "cityscapes"], "gtFine_trainvaltest.zip"),
     (["--dataset", "folder"], "needs --num-classes"),
-    (["--dataset", "folder", "--num-classes", "3", "--images-dir", "nowhere", "--labels-dir", "nowhere"],
-     "is not a directory"),
+    (["--dataset", "folder", "--num-classes", "3", "--images-dir", "x", "--labels-dir", "y"],
+     "needs --eval-height and --eval-width"),
+    (["--dataset", "folder", "--num-classes", "3", "--images-dir", "nowhere", "--labels-dir", "nowhere",
+      "--eval-height", "64", "--eval-width", "64"], "is not a directory"),
     (["--eval-only"], "needs --weights"),
     (["--tflite", "int4"], "`--tflite` formats"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
     proc = recipe(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"), timeout=300)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "run" / "history.csv").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made

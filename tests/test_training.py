@@ -137,8 +137,9 @@ def test_imagenet_without_manual_download_says_how(tmp_path):
 
 def test_evaluate_function_joins_history_and_picks_the_best_checkpoint(tmp_path):
     """``run_training(evaluate=...)``: a per-epoch score (like full-size mIoU or COCO mAP) is logged as
-    val_<name>, monitored for best.weights.h5, and no Keras validation data is needed."""
-    scores = iter([0.2, 0.9, 0.5])
+    val_<name> every ``evaluate_every`` epochs (NaN in between), monitored for best.weights.h5 (also
+    across a restart), and no Keras validation data is needed."""
+    scores = iter([0.2, 0.9, 0.5, 0.3])
     kernels = []
 
     def evaluate(model):
@@ -152,11 +153,18 @@ def test_evaluate_function_joins_history_and_picks_the_best_checkpoint(tmp_path)
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     train_ds = tf.data.Dataset.from_tensor_slices((x, x[:, :2])).batch(8).repeat()
     run = engine.prepare_run_dir(str(tmp_path / "run"))
-    model, history = engine.run_training(
-        build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluate, monitor="val_score", epochs=3,
-        steps_per_epoch=4, eval_steps=None, run=run, strategy=tf.distribute.get_strategy(), global_batch_size=8,
-        verbose=0)
-    assert history["val_score"] == [0.2, 0.9, 0.5] and len(history["loss"]) == 3
+    common = dict(build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluate, monitor="val_score",
+                  steps_per_epoch=4, eval_steps=None, run=run, strategy=tf.distribute.get_strategy(),
+                  global_batch_size=8, verbose=0)
+    _, history = engine.run_training(epochs=4, evaluate_every=3, **common)
+    # Evaluated on epoch 1 (first of the process), 3 (every 3rd) and 4 (last).
+    np.testing.assert_array_equal(history["val_score"], [0.2, np.nan, 0.9, 0.5])
     best = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     best.load_weights(run.path("best.weights.h5"))
-    np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])  # epoch 2 scored best
+    np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])  # epoch 3 scored best
+    # Training again into the same run directory (as a resumed run does) keeps the best so far:
+    # its 0.3 does not replace the 0.9 checkpoint.
+    _, history = engine.run_training(epochs=1, **common)
+    assert history["val_score"][-1] == 0.3 and len(history["val_score"]) == 5
+    best.load_weights(run.path("best.weights.h5"))
+    np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])

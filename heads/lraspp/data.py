@@ -71,9 +71,13 @@ def synthetic_split(training, num_examples, image_size, num_classes=5, seed=0):
 
 
 def cityscapes_split(split, data_dir=None, download=True, name="cityscapes/semantic_segmentation"):
-    """TFDS Cityscapes (fine annotations) with labels mapped to the 19 train ids."""
+    """TFDS Cityscapes (fine annotations) with labels mapped to the 19 train ids.
+
+    The training split reads its files in random order (decoded 1024x2048 pairs
+    are 8 MB each, so the example shuffle buffer stays small).
+    """
     builder = tfds_builder.prepared_builder(name, data_dir, download, CITYSCAPES_MANUAL_HELP)
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = builder.as_dataset(split=split, shuffle_files=split == "train")
     ds = ds.map(lambda example: (example["image_left"], map_cityscapes_labels(example["segmentation_label"])),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return Split(ds, tfds_builder.num_examples(builder, split, ds), len(CITYSCAPES_CLASSES), list(CITYSCAPES_NAMES))
@@ -95,7 +99,10 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None):
 
     def load(image_path, label_path):
         image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-        label = tf.io.decode_png(tf.io.read_file(label_path), channels=1)
+        # PIL reads label PNGs as stored: 8-bit grey values, or palette indices (VOC-style
+        # PNGs), which tf.io.decode_png would turn into grey levels.
+        label = tf.numpy_function(_read_label_png, [label_path], tf.uint8, stateful=False)
+        label.set_shape((None, None, 1))
         return image, label
 
     ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs)))).map(load, tf.data.AUTOTUNE)
@@ -103,9 +110,20 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None):
     return Split(ds, len(pairs), num_classes, names)
 
 
+LABEL_PNG_MODES = ("L", "P")  # 8-bit grey, 8-bit palette
+
+
+def _read_label_png(path):
+    from PIL import Image
+
+    with Image.open(path.decode() if isinstance(path, bytes) else path) as label:
+        return np.asarray(label, np.uint8)[..., None]
+
+
 def check_folder_pairs(pairs, num_classes):
-    """Early ``ValueError`` for a pair whose sizes differ or whose label has values
-    outside [0, num_classes) other than ``IGNORE_LABEL`` (reads every label once)."""
+    """Early ``ValueError`` for a pair whose sizes differ, a label PNG that is not
+    8-bit grey or palette, or label values outside [0, num_classes) other than
+    ``IGNORE_LABEL`` (reads every label once)."""
     from PIL import Image
 
     for image_path, label_path in pairs:
@@ -113,7 +131,10 @@ def check_folder_pairs(pairs, num_classes):
             if image.size != label.size:
                 raise ValueError(f"image {image_path} is {image.size[0]}x{image.size[1]} but its label "
                                  f"{label_path} is {label.size[0]}x{label.size[1]}; they must be the same size.")
-            values = np.unique(np.asarray(label))
+            if label.mode not in LABEL_PNG_MODES:
+                raise ValueError(f"label {label_path} is a {label.mode!r} PNG; label PNGs must be single-channel "
+                                 "8-bit (mode 'L', values = class ids) or palette (mode 'P', indices = class ids).")
+        values = np.unique(_read_label_png(label_path))
         bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
         if bad.size:
             raise ValueError(f"label {label_path} has values {bad[:10].tolist()}: label PNGs must hold train ids "
@@ -157,11 +178,11 @@ def random_scale_crop_flip(image, label, crop_size, scale_range=(0.5, 2.0), seed
 
 
 def make_pipeline(split, *, training, batch_size, crop_size=None, scale_range=(0.5, 2.0), eval_size=None,
-                  shuffle_buffer=1000, deterministic=False, seed=0):
+                  shuffle_buffer=256, deterministic=False, seed=0):
     """Batched ``(float32 [0, 255] (B, h, w, 3), int32 (B, h, w, 1))``.
 
-    Training: shuffled, augmented (``random_scale_crop_flip`` to ``crop_size``),
-    repeated. Evaluation: full images (or resized to ``eval_size``; labels by
+    Training: shuffled (``shuffle_buffer`` decoded examples; keep it small for
+    large images), augmented (``random_scale_crop_flip`` to ``crop_size``), repeated. Evaluation: full images (or resized to ``eval_size``; labels by
     nearest neighbour), not repeated.
     """
     ds = split.dataset

@@ -12,8 +12,9 @@ def ignore_label_crossentropy(y_true, y_pred):
     """Softmax cross-entropy over the pixels whose label is not ``IGNORE_LABEL``.
 
     Normalised by the number of labelled pixels in the batch (DeepLab's and
-    torchvision's ``ignore_index`` mean). Returned per example, scaled so that
-    their mean is that batch mean, which is what ``model.fit`` and
+    torchvision's ``ignore_index`` mean); under tf.distribute, in each replica's
+    batch, as DeepLab does per clone. Returned per example, scaled so that their
+    mean is that batch mean, which is what ``model.fit`` and
     ``tf.nn.compute_average_loss`` average.
 
     Args:

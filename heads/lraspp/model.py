@@ -104,6 +104,10 @@ def build_lraspp(
         raise ValueError(f"the LR-ASPP head needs backbone endpoints {HIGH_LEVEL!r} and {LOW_LEVEL!r} (a dict "
                          f"output, e.g. build(..., include_top=False, return_endpoints=True)); got {found}.")
     high, low = features[HIGH_LEVEL], features[LOW_LEVEL]
+    if high.shape[1] and low.shape[1] and low.shape[1] != high.shape[1] * output_stride // LOW_LEVEL_STRIDE:
+        raise ValueError(f"backbone endpoints {LOW_LEVEL!r} {tuple(low.shape[1:3])} and {HIGH_LEVEL!r} "
+                         f"{tuple(high.shape[1:3])} are not at strides 8 and output_stride={output_stride}; "
+                         "pass the output_stride the backbone was built with.")
     logits = lraspp_head(high, low, num_classes, output_stride, filters=filters, pooling=pooling,
                          pool_size=_pool_size(high, pool_crop_size, output_stride, pooling),
                          pool_strides=pool_strides)

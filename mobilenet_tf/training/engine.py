@@ -133,37 +133,63 @@ class _EpochTimer(keras.callbacks.Callback):
 
 class _Evaluate(keras.callbacks.Callback):
     """Adds ``val_<key>`` for each ``evaluate(model)`` result to the epoch's logs,
-    before the checkpoint and CSV callbacks read them."""
+    before the checkpoint and CSV callbacks read them.
 
-    def __init__(self, evaluate):
+    Evaluates on the first epoch of the process, every ``every``-th epoch and the
+    last; other epochs log NaN (never "best", shown as gaps in the curves).
+    """
+
+    def __init__(self, evaluate, every, epochs):
         super().__init__()
-        self._evaluate = evaluate
+        self._evaluate, self._every, self._epochs = evaluate, every, epochs
+        self._keys = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update({f"val_{key}": value for key, value in self._evaluate(self.model).items()})
+        if logs is None:
+            return
+        if self._keys is None or due_for_evaluation(epoch, self._every, self._epochs):
+            results = self._evaluate(self.model)
+            self._keys = list(results)
+        else:
+            results = {key: float("nan") for key in self._keys}
+        logs.update({f"val_{key}": value for key, value in results.items()})
 
 
-def _callbacks(run, monitor, ema, extra=(), evaluate=None):
-    callbacks = [
-        keras.callbacks.BackupAndRestore(run.path("backup")),
-        keras.callbacks.TerminateOnNaN(),
-        _EpochTimer(),
-    ]
+def due_for_evaluation(epoch, every, epochs):
+    """Whether 0-based ``epoch`` is an evaluation epoch: every ``every``-th and the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
+def _callbacks(run, monitor, ema, extra=(), evaluate=None, evaluate_every=1, epochs=1):
+    # The best score so far survives a resume (ModelCheckpoint alone would restart from -inf).
+    best = best_so_far(run, monitor)
+    callbacks = [keras.callbacks.TerminateOnNaN(), _EpochTimer()]
     if ema:
         # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if evaluate is not None:
-        callbacks.append(_Evaluate(evaluate))
+        callbacks.append(_Evaluate(evaluate, evaluate_every, epochs))
     callbacks += [
         keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True),
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=None if best == -np.inf else best),
         keras.callbacks.ModelCheckpoint(run.path("last.weights.h5"), save_weights_only=True),
         keras.callbacks.CSVLogger(run.path("history.csv"), append=True),
         keras.callbacks.TensorBoard(run.path("logs")),
         *extra,
     ]
-    return callbacks
+    backup = keras.callbacks.BackupAndRestore(run.path("backup"))
+    # The backup marks an epoch done. Without EMA it goes last, so that an epoch killed
+    # during its (possibly long) evaluation or checkpointing is redone on resume. With
+    # EMA it must go first: after SwapEMAWeights the model holds the averaged weights,
+    # which must not be saved as the training weights.
+    return [backup, *callbacks] if ema else [*callbacks, backup]
+
+
+def best_so_far(run, monitor):
+    """The highest finite ``monitor`` value in history.csv, -inf when none."""
+    values = [v for v in read_history(run).get(monitor, []) if math.isfinite(v)]
+    return max(values, default=-np.inf)
 
 
 def read_history(run):
@@ -178,7 +204,7 @@ def read_history(run):
 def run_training(
     *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
     global_batch_size, monitor="val_top1", ema=False, jit_compile=False, steps_per_execution=1,
-    sync_batchnorm=True, verbose="auto", callbacks=(), evaluate=None,
+    sync_batchnorm=True, verbose="auto", callbacks=(), evaluate=None, evaluate_every=1,
 ):
     """Train and evaluate under ``strategy``; returns ``(model, history)``.
 
@@ -204,6 +230,8 @@ def run_training(
             ``val_<name>`` and may be the ``monitor``. For metrics a Keras metric
             cannot compute on a batch: full-resolution mIoU, COCO mAP, LFW
             verification.
+        evaluate_every: run ``evaluate`` every N epochs (and on the last, and
+            the first of a process); other epochs log NaN for its keys.
 
     Raises:
         NaNLossError: the loss became NaN (the last good checkpoint stays on disk).
@@ -214,13 +242,14 @@ def run_training(
         schedules.configure_batchnorm(model, synchronized=True)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return _custom_loop(model, optimizer, loss, metrics, train_ds, eval_ds, epochs, steps_per_epoch,
-                            eval_steps, run, strategy, global_batch_size, monitor, ema, evaluate)
+                            eval_steps, run, strategy, global_batch_size, monitor, ema, evaluate, evaluate_every)
     with strategy.scope():
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile,
                       steps_per_execution=steps_per_execution)
     history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
                         validation_steps=eval_steps if eval_ds is not None else None,
-                        callbacks=_callbacks(run, monitor, ema, callbacks, evaluate), verbose=verbose)
+                        callbacks=_callbacks(run, monitor, ema, callbacks, evaluate, evaluate_every, epochs),
+                        verbose=verbose)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not math.isfinite(losses[-1]):
         raise NaNLossError(
@@ -232,7 +261,7 @@ def run_training(
 
 
 def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps,
-                 run, strategy, global_batch_size, monitor, ema, evaluate):
+                 run, strategy, global_batch_size, monitor, ema, evaluate, evaluate_every):
     """The multi-worker path: same outputs as ``fit`` (checkpoints, history, resume)."""
     chief = strategy_lib.is_chief(strategy)
     worker_dir = run.root if chief else run.path(f"workers/worker_{strategy.cluster_resolver.task_id}")
@@ -270,7 +299,8 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
         strategy.run(step, args=(x, y))
 
     csv_path = os.path.join(worker_dir, "history.csv")
-    best = max(read_history(RunDir(worker_dir)).get(monitor, []), default=-np.inf)  # survives a resume
+    best = best_so_far(RunDir(worker_dir), monitor)  # survives a resume
+    evaluated_keys = []
     for epoch in range(int(epoch_var.numpy()), epochs):
         start = time.perf_counter()
         total = 0.0
@@ -291,7 +321,12 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
                 distributed_eval_step(x, y)
             row.update({f"val_{m.name}": float(m.result()) for m in metrics})
         if evaluate is not None:
-            row.update({f"val_{key}": value for key, value in evaluate(model).items()})
+            if due_for_evaluation(epoch, evaluate_every, epochs) or not evaluated_keys:
+                results = evaluate(model)
+                evaluated_keys = list(results)
+            else:
+                results = {key: float("nan") for key in evaluated_keys}
+            row.update({f"val_{key}": value for key, value in results.items()})
         model.save_weights(os.path.join(worker_dir, "last.weights.h5"))
         if row[monitor] > best:
             best = row[monitor]
