@@ -188,6 +188,19 @@ def inverted_residual_stack(x, rows, in_filters, alpha, walk, naming):
     return x
 
 
+def dense_classifier(classes, classifier_activation, dropout_rate, pool_name="global_average_pooling"):
+    """The usual top: global average pooling -> dropout (if > 0) -> Dense "predictions"
+    (float32, so mixed-precision predictions stay float32). Returns ``features -> predictions``."""
+
+    def classifier(features):
+        y = layers.GlobalAveragePooling2D(name=pool_name)(features)
+        if dropout_rate > 0:
+            y = layers.Dropout(dropout_rate, name="dropout")(y)
+        return layers.Dense(classes, activation=classifier_activation, name="predictions", dtype="float32")(y)
+
+    return classifier
+
+
 def assemble(inputs, features, endpoints, *, include_top, pooling, return_endpoints, classifier, name):
     """The finished ``keras.Model``: classifier, pooled features, feature map or endpoints.
 

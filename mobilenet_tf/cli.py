@@ -15,7 +15,7 @@ import sys
 
 def _model_args(parser):
     parser.add_argument("name", help="model name (see `mobilenet-tf list`)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier (default 1.0)")
     parser.add_argument("--resolution", type=int, default=224, help="input height = width (default 224)")
     parser.add_argument("--minimalistic", action="store_true", help="V3 only: 3x3, ReLU, no SE")
     parser.add_argument("--classes", type=int, default=1000, help="classes of the top (default 1000)")
@@ -38,8 +38,10 @@ def get_args_parser():
 def _build(args):
     import mobilenet_tf
 
-    kwargs = dict(alpha=args.alpha, input_shape=(args.resolution, args.resolution, 3),
-                  include_top=not args.no_top, classes=args.classes)
+    kwargs = dict(input_shape=(args.resolution, args.resolution, 3), include_top=not args.no_top,
+                  classes=args.classes)
+    if args.alpha != 1.0 or mobilenet_tf.registry.accepts(args.name, "alpha"):
+        kwargs["alpha"] = args.alpha  # a family without alpha refuses it by name
     if args.minimalistic:
         kwargs["minimalistic"] = True
     return mobilenet_tf.build(args.name, **kwargs)

@@ -5,7 +5,6 @@ keras.applications.MobileNetV2's, so its ImageNet weights load by name.
 """
 
 from mobilenet_tf import backbone, blocks, weights as weights_lib
-from mobilenet_tf._keras import layers
 from mobilenet_tf.blocks import BlockNaming, BlockSpec
 
 STEM_FILTERS = 32  # Table 2: conv2d 3x3, 32, s2
@@ -101,16 +100,11 @@ def mobilenet_v2(
     )
     walk.record(x)
 
-    def classifier(features):
-        y = layers.GlobalAveragePooling2D(name="global_average_pooling")(features)
-        if dropout_rate > 0:
-            y = layers.Dropout(dropout_rate, name="dropout")(y)
-        return layers.Dense(classes, activation=classifier_activation, name="predictions",
-                            dtype="float32")(y)
 
     model = backbone.assemble(
         inputs, x, walk.endpoints, include_top=include_top, pooling=pooling,
-        return_endpoints=return_endpoints, classifier=classifier,
+        return_endpoints=return_endpoints,
+        classifier=backbone.dense_classifier(classes, classifier_activation, dropout_rate),
         name=name or backbone.model_name("v2", alpha, input_shape),
     )
     weights_lib.load_weights(model, weights, "v2", alpha=alpha, include_top=include_top, input_shape=input_shape)

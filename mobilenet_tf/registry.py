@@ -47,6 +47,12 @@ def get_entry(name):
     return _REGISTRY[name]
 
 
+def accepts(name, argument):
+    """Whether ``build(name, ...)`` takes ``argument`` (e.g. "alpha", "reduced_tail")."""
+    entry = get_entry(name)
+    return argument in inspect.signature(entry.builder).parameters and argument not in entry.fixed
+
+
 def build(name, **kwargs):
     """Build a registered model: ``build("v3_large", input_shape=(320, 320, 3), include_top=False)``.
 

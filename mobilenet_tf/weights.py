@@ -6,6 +6,7 @@ keras.applications model (which downloads the weights), then copies them in.
 """
 
 import os
+import re
 
 import numpy as np
 
@@ -19,6 +20,7 @@ PUBLISHED_ALPHAS = {
     "v3_small": (0.75, 1.0),
     "v3_large_minimalistic": (1.0,),
     "v3_small_minimalistic": (1.0,),
+    "xception": (1.0,),  # no width multiplier
 }
 
 # Input sizes keras.applications has weight files for (others load the 224 files;
@@ -43,6 +45,8 @@ def keras_application(
         return apps.MobileNet(depth_multiplier=depth_multiplier, **common)
     if variant == "v2":
         return apps.MobileNetV2(**common)
+    if variant == "xception":
+        return apps.Xception(**{k: v for k, v in common.items() if k != "alpha"})
     if variant.startswith("v3_"):
         size, _, minimal = variant[3:].partition("_")
         constructor = apps.MobileNetV3Large if size == "large" else apps.MobileNetV3Small
@@ -57,6 +61,11 @@ def check_weights_argument(
     if weights is None:
         return
     if weights == "imagenet":
+        if variant not in PUBLISHED_ALPHAS:
+            raise ValueError(
+                f"`weights='imagenet'`: keras.applications publishes no ImageNet weights for {variant} "
+                "(it has MobileNet V1/V2/V3 and Xception). Use weights=None, or a .weights.h5 file you trained."
+            )
         published = PUBLISHED_ALPHAS[variant]
         problems = []
         if alpha not in published:
@@ -142,12 +151,18 @@ def load_keras_applications_weights(model, source_model):
     """
     slim_names = {_from_slim_name(layer.name): layer for layer in source_model.layers}
     sources = {**slim_names, **{layer.name: layer for layer in source_model.layers}}
+    # keras.applications leaves some layers unnamed (Xception's residual 1x1 convs and
+    # their BN): Keras numbers those "conv2d_3", ..., differently in every session, so
+    # ours, named "<block>_residual_conv/_bn", are paired with them in order.
+    unnamed = iter(layer for layer in source_model.layers if _AUTO_NAME.match(layer.name) and layer.get_weights())
     pending = []
     for layer in model.layers:
         target = layer.get_weights()
         if not target:
             continue
         source = sources.get(layer.name)
+        if source is None and layer.name.endswith(ORDER_MATCHED_SUFFIXES):
+            source = next(unnamed, None)
         if source is None:
             raise ValueError(
                 f"cannot transfer weights: layer {layer.name!r} of {model.name} has no counterpart "
@@ -166,6 +181,10 @@ def load_keras_applications_weights(model, source_model):
     for layer, values in pending:
         layer.set_weights(values)
     return [layer.name for layer, _ in pending]
+
+
+ORDER_MATCHED_SUFFIXES = ("_residual_conv", "_residual_bn")
+_AUTO_NAME = re.compile(r"^(conv2d|batch_normalization)(_\d+)?$")
 
 
 def _from_slim_name(name):

@@ -38,7 +38,8 @@ REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
 class Config:
     """Train and evaluate a MobileNet image classifier (the papers' ImageNet recipe)."""
 
-    model: str = field("v3_small", "backbone name from mobilenet_tf.list_models()")
+    model: str = field("v3_small", "model name from mobilenet_tf.list_models() (MobileNets, SqueezeNet, "
+                                   "ShuffleNet V1/V2, Xception)")
     alpha: float = field(1.0, "width multiplier")
     dataset: str = field("synthetic", "synthetic | folder | imagenet2012 | imagenette | any TFDS "
                                       "image-classification dataset")
@@ -85,6 +86,9 @@ class Config:
 def resolve(config):
     """Fill every None with the schedule's value or the dataset's default; check inputs."""
     mobilenet_tf.registry.get_entry(config.model)  # unknown model -> ValueError
+    if config.alpha != 1.0 and not mobilenet_tf.registry.accepts(config.model, "alpha"):
+        raise ValueError(f"`--alpha` applies to the MobileNets; {config.model!r} has its width in its name "
+                         "(e.g. shufflenet_v2_x0_5) or none.")
     schedule = schedules.get_schedule(config.schedule)
     preset = SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS
     defaults = dict(
@@ -143,10 +147,10 @@ def main(config):
         return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=config.label_smoothing)
 
     def build():
+        width = dict(alpha=config.alpha) if mobilenet_tf.registry.accepts(config.model, "alpha") else {}
         model = mobilenet_tf.build(
-            config.model, alpha=config.alpha, input_shape=(config.image_size, config.image_size, 3),
-            classes=num_classes, include_preprocessing=True, dropout_rate=config.dropout,
-            weights=config.weights,
+            config.model, input_shape=(config.image_size, config.image_size, 3), classes=num_classes,
+            include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights, **width,
         )
         schedules.add_weight_decay(model, config.weight_decay)
         schedules.configure_batchnorm(model, momentum=config.bn_momentum)

@@ -59,7 +59,7 @@ class Config:
     backbone: Optional[str] = field(None, "backbone name (default v3_large; synthetic v3_small)")
     alpha: float = field(1.0, "backbone width multiplier")
     output_stride: int = field(16, "16 = last stage dilated (the paper's); 32 = not dilated", choices=[16, 32])
-    reduced_tail: bool = field(True, "halve the last stage (the paper's RF2)")
+    reduced_tail: Optional[bool] = field(None, "halve the last stage (the paper's RF2; default: yes for MobileNets)")
     filters: int = field(128, "LR-ASPP branch filters (Table 7)", choices=[128, 256])
     pooling: str = field("paper", "paper (large-kernel average pooling) | global", choices=list(lraspp.model.POOLINGS))
     dataset: str = field("synthetic", "synthetic | cityscapes | folder", choices=["synthetic", "cityscapes", "folder"])

@@ -12,14 +12,18 @@ ALL = mobilenet_tf.list_models()
 
 
 def test_list_models_is_the_documented_set():
-    assert ALL == ["v1", "v2", "v3_large", "v3_large_minimalistic", "v3_small", "v3_small_minimalistic"]
+    assert ALL == sorted(["v1", "v2", "v3_large", "v3_large_minimalistic", "v3_small", "v3_small_minimalistic",
+                          "squeezenet1_0", "squeezenet1_1", "xception"]
+                         + [f"shufflenet_v1_g{g}" for g in (1, 2, 3, 4, 8)]
+                         + [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")])
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_classifier_shapes_and_functional(name):
-    model = mobilenet_tf.build(name, input_shape=(64, 96, 3), classes=7)
+    height = 80 if name == "xception" else 64  # Xception needs >= 71
+    model = mobilenet_tf.build(name, input_shape=(height, 96, 3), classes=7)
     assert isinstance(model, keras.Model) and model.__class__.__name__ == "Functional"
-    out = run(model, np.zeros((2, 64, 96, 3), "float32"))
+    out = run(model, np.zeros((2, height, 96, 3), "float32"))
     assert out.shape == (2, 7)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # softmax
 

@@ -40,6 +40,13 @@ def test_synthetic_default_learns_and_writes_the_run_directory(tmp_path):
     assert read_metrics(tmp_path / "eval")["top1"] >= 0.9
 
 
+def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
+    proc = recipe("--model", "shufflenet_v2_x0_5", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
+
+
 def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]
@@ -120,6 +127,7 @@ def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
     (["--dataset", "not_a_dataset"], "unknown dataset 'not_a_dataset'"),
     (["--schedule", "v9"], "invalid choice: 'v9'"),
     (["--model", "v5"], "unknown model name 'v5'"),
+    (["--model", "xception", "--alpha", "0.5"], "`--alpha` applies to the MobileNets"),
     (["--dataset", "imagenet2012"], "ILSVRC2012_img_train.tar"),
     (["--eval-only"], "needs --weights"),
     (["--dataset", "folder"], "needs --train-dir"),

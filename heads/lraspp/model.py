@@ -46,7 +46,7 @@ def build_lraspp(
     input_shape=(1024, 2048, 3),
     alpha=1.0,
     output_stride=16,
-    reduced_tail=True,
+    reduced_tail=None,
     filters=128,
     pooling="paper",
     pool_crop_size=(769, 769),
@@ -66,7 +66,8 @@ def build_lraspp(
             ``output_stride``, or None (then ``pooling="global"``).
         alpha: backbone width multiplier.
         output_stride: 16 (the paper's segmentation backbone) or 32 (no dilation).
-        reduced_tail: halve the last stage (the paper's RF2).
+        reduced_tail: halve the last stage (the paper's RF2); None = yes for the
+            MobileNets, which have it, and no for the other families.
         filters: channels of the two C5 branches, 128 or 256 (Table 7).
         pooling: "paper" (large-kernel average pooling, see the module docstring)
             or "global".
@@ -94,9 +95,14 @@ def build_lraspp(
     else:
         input_shape = _check_input_shape(input_shape, output_stride)
         inputs = layers.Input(shape=input_shape, name="image")
-        options = dict(alpha=alpha, include_top=False, weights=weights, input_tensor=inputs,
+        options = dict(include_top=False, weights=weights, input_tensor=inputs,
                        include_preprocessing=include_preprocessing, return_endpoints=True,
-                       output_stride=output_stride, reduced_tail=reduced_tail)
+                       output_stride=output_stride)
+        for argument, value, default in (("alpha", alpha, 1.0), ("reduced_tail", reduced_tail, None)):
+            if mobilenet_tf.registry.accepts(backbone, argument):
+                options[argument] = True if argument == "reduced_tail" and value is None else value
+            elif value not in (default, False):
+                raise ValueError(f"`{argument}` applies to the MobileNet backbones; {backbone!r} does not take it.")
         features = mobilenet_tf.build(backbone, **options).output
         label = backbone
     if not isinstance(features, dict) or not {HIGH_LEVEL, LOW_LEVEL} <= set(features):
@@ -104,24 +110,29 @@ def build_lraspp(
         raise ValueError(f"the LR-ASPP head needs backbone endpoints {HIGH_LEVEL!r} and {LOW_LEVEL!r} (a dict "
                          f"output, e.g. build(..., include_top=False, return_endpoints=True)); got {found}.")
     high, low = features[HIGH_LEVEL], features[LOW_LEVEL]
-    if high.shape[1] and low.shape[1] and low.shape[1] != high.shape[1] * output_stride // LOW_LEVEL_STRIDE:
+    ratio = output_stride // LOW_LEVEL_STRIDE
+    if high.shape[1] and low.shape[1] and abs(low.shape[1] - high.shape[1] * ratio) > ratio:
         raise ValueError(f"backbone endpoints {LOW_LEVEL!r} {tuple(low.shape[1:3])} and {HIGH_LEVEL!r} "
                          f"{tuple(high.shape[1:3])} are not at strides 8 and output_stride={output_stride}; "
                          "pass the output_stride the backbone was built with.")
     logits = lraspp_head(high, low, num_classes, output_stride, filters=filters, pooling=pooling,
                          pool_size=_pool_size(high, pool_crop_size, output_stride, pooling),
-                         pool_strides=pool_strides)
+                         pool_strides=pool_strides, output_size=tuple(inputs.shape[1:3]))
     return keras.Model(inputs, logits, name=name or f"lraspp_{label}_{output_stride}")
 
 
 def lraspp_head(high, low, num_classes, output_stride=16, filters=128, pooling="paper", pool_size=None,
-                pool_strides=(4, 5)):
+                pool_strides=(4, 5), output_size=None):
     """The head on its two feature maps.
 
     Args:
         high: (B, H/s, W/s, C) features, s = ``output_stride`` (16 or 32).
         low: (B, H/8, W/8, C') features.
         pool_size: kernel of the "paper" pooling (feature pixels, <= the map size).
+        output_size: the input's (H, W) when known. Upsampling is by exact factors
+            (x2, x8) where the maps align, as they do for the MobileNets at sizes
+            divisible by the output stride; backbones with "valid" convolutions
+            (SqueezeNet, Xception) are resized to the exact sizes instead.
 
     Returns:
         (B, H, W, num_classes) float32 logits.
@@ -139,11 +150,17 @@ def lraspp_head(high, low, num_classes, output_stride=16, filters=128, pooling="
                                 name="lraspp_scale_resize")(scale)
     x = layers.Multiply(name="lraspp_gate")([x, scale])
     x = layers.Conv2D(num_classes, 1, name="lraspp_high_classifier")(x)
-    x = layers.UpSampling2D(output_stride // LOW_LEVEL_STRIDE, interpolation="bilinear",
-                            name="lraspp_high_upsample")(x)
+    x = _upsample(x, output_stride // LOW_LEVEL_STRIDE, tuple(low.shape[1:3]), "lraspp_high_upsample")
     y = layers.Conv2D(num_classes, 1, name="lraspp_low_classifier")(low)
     x = layers.Add(name="lraspp_sum")([x, y])
-    return layers.UpSampling2D(LOW_LEVEL_STRIDE, interpolation="bilinear", dtype="float32", name="logits")(x)
+    return _upsample(x, LOW_LEVEL_STRIDE, output_size, "logits", dtype="float32")
+
+
+def _upsample(x, factor, size, name, dtype=None):
+    """Bilinear x ``factor``, or to exactly ``size`` (static (h, w)) when that is not x's size times ``factor``."""
+    if size and None not in size and (x.shape[1] * factor, x.shape[2] * factor) != tuple(size):
+        return layers.Resizing(size[0], size[1], interpolation="bilinear", name=name, dtype=dtype)(x)
+    return layers.UpSampling2D(factor, interpolation="bilinear", name=name, dtype=dtype)(x)
 
 
 def _check_int_choice(value, name, choices):
