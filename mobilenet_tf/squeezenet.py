@@ -56,10 +56,13 @@ def fire(x, spec, dilation, name):
 
 
 def max_pool(x, stride, name):
-    """3x3 max pooling with Caffe's / torchvision's ceil rounding: "valid" on odd
-    sizes, "same" on even (and unknown) ones, which give ceil((n - 3) / 2) + 1."""
-    odd = x.shape[1] is not None and x.shape[1] % 2 == 1
-    return layers.MaxPooling2D(3, stride, padding="valid" if odd and stride > 1 else "same", name=name)(x)
+    """3x3 max pooling with Caffe's / torchvision's ceil rounding, ceil((n - 3) / 2) + 1,
+    at any size: one zero row and column at the end, then "valid" pooling (the input
+    follows a ReLU, so the zeros never win the max). Stride 1 (dilated): "same"."""
+    if stride == 1:
+        return layers.MaxPooling2D(3, 1, padding="same", name=name)(x)
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)), name=name + "_pad")(x)
+    return layers.MaxPooling2D(3, stride, padding="valid", name=name)(x)
 
 
 def squeezenet(

@@ -25,7 +25,7 @@ PUBLISHED_ALPHAS = {
 
 # Input sizes keras.applications has weight files for (others load the 224 files;
 # the weights do not depend on the input size).
-PUBLISHED_SIZES = {"v1": (128, 160, 192, 224), "v2": (96, 128, 160, 192, 224)}
+PUBLISHED_SIZES = {"v1": (128, 160, 192, 224), "v2": (96, 128, 160, 192, 224), "xception": (299,)}
 
 WEIGHTS_SUFFIXES = (".weights.h5",) if not LEGACY_KERAS else (".weights.h5", ".h5")
 
@@ -106,8 +106,9 @@ def load_weights(model, weights, variant, *, alpha, include_top, input_shape, de
         return
     if weights == "imagenet":
         size = input_shape[0] if input_shape[0] == input_shape[1] else None
-        if size not in PUBLISHED_SIZES.get(variant, (224,)):
-            size = 224
+        published_sizes = PUBLISHED_SIZES.get(variant, (224,))
+        if size not in published_sizes:
+            size = published_sizes[-1]  # e.g. 224 for MobileNets; Xception's top only loads at 299
         try:
             source = keras_application(
                 variant, alpha=alpha, input_shape=(size, size, 3), include_top=include_top,
@@ -154,7 +155,13 @@ def load_keras_applications_weights(model, source_model):
     # keras.applications leaves some layers unnamed (Xception's residual 1x1 convs and
     # their BN): Keras numbers those "conv2d_3", ..., differently in every session, so
     # ours, named "<block>_residual_conv/_bn", are paired with them in order.
-    unnamed = iter(layer for layer in source_model.layers if _AUTO_NAME.match(layer.name) and layer.get_weights())
+    unnamed = [layer for layer in source_model.layers if _AUTO_NAME.match(layer.name) and layer.get_weights()]
+    ordered = [layer for layer in model.layers if layer.name.endswith(ORDER_MATCHED_SUFFIXES)
+               and layer.name not in sources and layer.get_weights()]
+    if ordered and len(ordered) != len(unnamed):
+        raise ValueError(f"cannot transfer weights: {len(ordered)} layers of {model.name} are matched by order "
+                         f"({ordered[0].name}, ...) but {source_model.name} has {len(unnamed)} unnamed ones.")
+    unnamed = iter(unnamed)
     pending = []
     for layer in model.layers:
         target = layer.get_weights()

@@ -37,6 +37,11 @@ def test_parameters_equal_torchvision(name):
     assert trainable(mobilenet_tf.build(name, input_shape=(224, 224, 3))) == TORCHVISION_PARAMS[name]
 
 
+def test_shufflenet_v1_g3_parameters_match_mmpretrain():
+    # mmpretrain's ShuffleNetV1 1.0x (group=3): 1.87M parameters (printed to 0.01M).
+    assert round(trainable(mobilenet_tf.build("shufflenet_v1_g3")) / 1e6, 2) == 1.87
+
+
 def test_xception_parameters_and_layer_names_equal_keras_applications():
     ours = mobilenet_tf.build("xception")
     ref = keras.applications.Xception(weights=None)
@@ -70,8 +75,48 @@ def test_xception_weight_transfer_gives_identical_outputs(include_top, images):
     np.testing.assert_array_less(np.abs(got - expected).max(), 1e-4)
 
 
+def test_xception_imagenet_weights_come_from_keras_applications_at_299(monkeypatch):
+    """The download needs internet; the rest runs here with a random keras.applications.Xception."""
+    calls = {}
+    real = weights_lib.keras_application
+
+    def offline(variant, **kwargs):
+        assert kwargs.pop("weights") == "imagenet"
+        calls.update(kwargs, variant=variant, model=real(variant, weights=None, **kwargs))
+        randomize_batchnorm(calls["model"], seed=4)
+        return calls["model"]
+
+    monkeypatch.setattr(weights_lib, "keras_application", offline)
+    ours = mobilenet_tf.build("xception", input_shape=(128, 128, 3), include_top=False, weights="imagenet")
+    # keras.applications only loads Xception's weights at 299 (with the top, at no other size).
+    assert calls["variant"] == "xception" and calls["input_shape"] == (299, 299, 3)
+    source = calls["model"]
+    for ours_name, source_layer in [("block14_sepconv2", source.get_layer("block14_sepconv2")),
+                                    ("block2_residual_conv", [l for l in source.layers if l.name.startswith("conv2d")][0]),
+                                    ("block13_residual_bn", [l for l in source.layers
+                                                             if l.name.startswith("batch_normalization")][-1])]:
+        for a, b in zip(ours.get_layer(ours_name).get_weights(), source_layer.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    mobilenet_tf.build("xception", weights="imagenet")
+    assert calls["input_shape"] == (299, 299, 3) and calls["include_top"] is True
+
+
+@pytest.mark.parametrize("name, output_stride, rates", [
+    ("xception", 16, {"block12_sepconv1": 1, "block13_sepconv1": 1, "block14_sepconv1": 2}),
+    ("xception", 8, {"block4_sepconv1": 1, "block5_sepconv1": 2, "block13_sepconv1": 2, "block14_sepconv1": 4}),
+    ("shufflenet_v2_x1_0", 16, {"stage4_unit1_branch2_dwconv": 1, "stage4_unit2_branch2_dwconv": 2}),
+    ("shufflenet_v1_g3", 8, {"stage3_unit1_dwconv": 1, "stage3_unit2_dwconv": 2, "stage4_unit2_dwconv": 4}),
+    ("squeezenet1_1", 8, {"fire5_expand3x3": 1, "fire6_expand3x3": 2, "fire9_expand3x3": 2}),
+])
+def test_output_stride_sets_deeplab_dilation_rates(name, output_stride, rates):
+    model = mobilenet_tf.build(name, input_shape=(128, 128, 3), include_top=False, output_stride=output_stride)
+    assert {layer: model.get_layer(layer).dilation_rate[0] for layer in rates} == rates
+    assert model.output_shape[1] == 128 // output_stride or name.startswith("squeezenet")
+
+
 @pytest.mark.parametrize("name, channels, sizes", [
     ("squeezenet1_1", {"C1": 64, "C2": 128, "C3": 256, "C4": 512, "C5": 512}, (111, 55, 27, 13, 13)),
+    ("squeezenet1_0", {"C1": 96, "C2": 256, "C3": 512, "C4": 512, "C5": 512}, (109, 54, 27, 13, 13)),
     ("shufflenet_v1_g3", {"C1": 24, "C2": 24, "C3": 240, "C4": 480, "C5": 960}, (112, 56, 28, 14, 7)),
     ("shufflenet_v2_x1_0", {"C1": 24, "C2": 24, "C3": 116, "C4": 232, "C5": 1024}, (112, 56, 28, 14, 7)),
     ("xception", {"C1": 64, "C2": 128, "C3": 256, "C4": 728, "C5": 2048}, (109, 55, 28, 14, 7)),
@@ -99,6 +144,13 @@ def test_unknown_input_size_runs_at_several_sizes(name):
     for size in (64, 97):
         out = run(model, np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32"))
         assert out.shape == (1, model.output_shape[-1]) and np.all(np.isfinite(out))
+
+
+def test_squeezenet_pooling_rounds_up_like_caffe_at_any_size():
+    # ceil((n - 3) / 2) + 1 after each pool, also for unknown and non-square sizes.
+    model = mobilenet_tf.build("squeezenet1_1", include_top=False, return_endpoints=True)
+    out = run(model, np.zeros((1, 224, 200, 3), "float32"))
+    assert out["C2"].shape[1:3] == (55, 49) and out["C3"].shape[1:3] == (27, 24)
 
 
 def test_channel_shuffle_moves_channels_as_the_paper_says():

@@ -35,6 +35,11 @@ SCRIPT = textwrap.dedent("""
     ours.save(path)
     reloaded = tf_keras.models.load_model(path)
     out["reload_diff"] = float(np.abs(reloaded.predict(x, verbose=0) - ours.predict(x, verbose=0)).max())
+    # ShuffleNet's custom layers save and reload under tf_keras too.
+    shuffle = mobilenet_tf.build("shufflenet_v2_x0_5", input_shape=(96, 96, 3), classes=10)
+    shuffle.save(path)
+    out["shuffle_reload_diff"] = float(np.abs(tf_keras.models.load_model(path).predict(x, verbose=0)
+                                              - shuffle.predict(x, verbose=0)).max())
     out["layer_types"] = sorted(out["layer_types"])
     print("RESULT" + json.dumps(out))
 """)
@@ -51,5 +56,7 @@ def test_builders_run_under_tf_keras():
                                    "C4": [8, 8, 112], "C4_expand": [8, 8, 672], "C5": [8, 8, 480]}
     assert result["max_diff"] < 1e-4
     assert result["reload_diff"] < 1e-6
+    assert result["shuffle_reload_diff"] < 1e-6
     # Only stock layers: nothing tensorflow-model-optimization cannot see through.
     assert not {"TFOpLambda", "Lambda", "SlicingOpLambda"} & set(result["layer_types"])
+    assert {"ChannelShuffle", "ChannelSplit"} <= set(result["layer_types"])  # ShuffleNet's two custom layers

@@ -117,7 +117,8 @@ def build_lraspp(
                          "pass the output_stride the backbone was built with.")
     logits = lraspp_head(high, low, num_classes, output_stride, filters=filters, pooling=pooling,
                          pool_size=_pool_size(high, pool_crop_size, output_stride, pooling),
-                         pool_strides=pool_strides, output_size=tuple(inputs.shape[1:3]))
+                         pool_strides=pool_strides,
+                         output_size=None if isinstance(inputs, list) else tuple(inputs.shape[1:3]))
     return keras.Model(inputs, logits, name=name or f"lraspp_{label}_{output_stride}")
 
 
@@ -132,7 +133,8 @@ def lraspp_head(high, low, num_classes, output_stride=16, filters=128, pooling="
         output_size: the input's (H, W) when known. Upsampling is by exact factors
             (x2, x8) where the maps align, as they do for the MobileNets at sizes
             divisible by the output stride; backbones with "valid" convolutions
-            (SqueezeNet, Xception) are resized to the exact sizes instead.
+            (SqueezeNet, Xception) are resized to the exact sizes instead, which
+            needs a static input size for them.
 
     Returns:
         (B, H, W, num_classes) float32 logits.
