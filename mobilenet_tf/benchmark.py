@@ -1,9 +1,23 @@
-"""Latency measurement shared by the benchmarks (and, later, ``mobilenet-tf bench``)."""
+"""Latency measurement: the timer the benchmarks share and ``mobilenet-tf bench``.
 
+``bench(model, backends=...)`` times one model on Keras and TFLite backends at
+batch size B: warm-up calls, then the median and 90th-percentile latency,
+images/s, the model's bytes, and the multiply-adds per second as a share of this
+machine's measured peak (a large float32 matmul: the rate TensorFlow's best-tuned
+kernel reaches here, so the share is a roofline-style utilisation, not a vendor
+peak).
+"""
+
+import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
+import tensorflow as tf
+
+BACKENDS = {"keras": None, "tflite": None, "tflite-fp16": "float16", "tflite-dynamic": "dynamic",
+            "tflite-int8": "int8"}
 
 
 def median_seconds(fns, x, repeats, warmup=3):
@@ -13,6 +27,10 @@ def median_seconds(fns, x, repeats, warmup=3):
     alike and their ratio is meaningful. Each call's result is converted to
     numpy, so asynchronous work is included.
     """
+    return [statistics.median(s) for s in _samples(fns, x, repeats, warmup)]
+
+
+def _samples(fns, x, repeats, warmup):
     for fn in fns:
         for _ in range(warmup):
             np.asarray(fn(x))
@@ -22,4 +40,72 @@ def median_seconds(fns, x, repeats, warmup=3):
             start = time.perf_counter()
             np.asarray(fn(x))
             bucket.append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def peak_madds_per_second(size=1024, repeats=5):
+    """Multiply-adds per second of a float32 ``size`` x ``size`` matmul, the best of ``repeats``."""
+    a = tf.random.uniform((size, size))
+    matmul = tf.function(lambda m: tf.matmul(m, m))
+    matmul(a).numpy()
+    best = min(_samples([matmul], a, repeats, warmup=1)[0])
+    return size ** 3 / best
+
+
+def check_backends(backends):
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"`backends` must be among {', '.join(BACKENDS)}; got {unknown or backends}.")
+
+
+def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30, warmup=3,
+          calibration=None, madds=None):
+    """Latency of ``model`` on each backend.
+
+    Args:
+        model: a Keras 3 model with a static input size.
+        backends: names from ``BACKENDS``.
+        batch: batch size of the timed input (random pixels in [0, 255]).
+        threads: TFLite interpreter threads (None: TFLite's default).
+        calibration: input batches for "tflite-int8" (default: 8 random batches;
+            fine for timing, not for accuracy).
+        madds: the model's multiply-adds per image, for the utilisation column.
+
+    Returns:
+        A list of dicts: backend, latency_ms (median), p90_ms, images_per_second,
+        model_bytes, and with ``madds`` also madds_per_ms and peak_share.
+    """
+    from mobilenet_tf import export
+
+    check_backends(backends)
+    shape = (batch,) + tuple(model.input_shape[1:])
+    if None in shape:
+        raise ValueError(f"bench needs a model with a static input size; got input shape {model.input_shape}.")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, shape).astype("float32")
+    peak = peak_madds_per_second() if madds else None
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            if backend == "keras":
+                fn = tf.function(lambda images: model(images, training=False))
+                size = sum(int(np.prod(w.shape)) * np.dtype(getattr(w.dtype, "as_numpy_dtype", w.dtype)).itemsize
+                           for w in model.weights)
+            else:
+                quantization = BACKENDS[backend]
+                data = calibration
+                if quantization == "int8" and data is None:
+                    data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
+                path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
+                fn = export.TFLiteModel(path, threads)
+                size = os.path.getsize(path)
+            samples = sorted(_samples([fn], x, repeats, warmup)[0])
+            median = statistics.median(samples)
+            row = dict(backend=backend, latency_ms=median * 1e3,
+                       p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))] * 1e3,
+                       images_per_second=batch / median, model_bytes=int(size))
+            if madds:
+                row["madds_per_ms"] = madds * batch / (median * 1e3)
+                row["peak_share"] = madds * batch / median / peak
+            results.append(row)
+    return results

@@ -45,3 +45,42 @@ def test_console_script_is_installed():
     proc = subprocess.run([exe, "list"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert proc.returncode == 0 and "v3_small_minimalistic" in proc.stdout
+
+
+def test_export_fp32_equals_keras_and_int8_is_smaller(tmp_path, capsys):
+    import numpy as np
+
+    from mobilenet_tf import export
+
+    model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(96, 96, 3), classifier_activation=None)
+    model.save_weights(tmp_path / "m.weights.h5")
+    common = ["v3_small", "--alpha", "0.35", "--resolution", "96", "--weights", str(tmp_path / "m.weights.h5")]
+    assert cli.main(["export", *common, "--out", str(tmp_path / "fp32.tflite")]) == 0
+    assert cli.main(["export", *common, "--quantize", "int8", "--calibration-images", "8",
+                     "--out", str(tmp_path / "int8.tflite")]) == 0
+    assert "bytes (int8)" in capsys.readouterr().out
+    x = np.random.default_rng(0).uniform(0, 255, (1, 96, 96, 3)).astype("float32")
+    # The CLI builds with a softmax top; compare probabilities.
+    probabilities = np.asarray(mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(96, 96, 3),
+                                                  weights=str(tmp_path / "m.weights.h5"))(x))
+    np.testing.assert_allclose(export.TFLiteModel(str(tmp_path / "fp32.tflite"))(x), probabilities, atol=1e-5)
+    assert os.path.getsize(tmp_path / "int8.tflite") * 2.5 < os.path.getsize(tmp_path / "fp32.tflite")
+
+
+def test_bench_json_shape(capsys):
+    assert cli.main(["bench", "v3_small", "--alpha", "0.35", "--resolution", "64", "--backends", "keras,tflite",
+                     "--repeats", "3", "--threads", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["backend"] for r in result["results"]] == ["keras", "tflite"]
+    for row in result["results"]:
+        assert 0 < row["latency_ms"] <= row["p90_ms"] and row["images_per_second"] > 0
+        assert row["model_bytes"] > 100_000 and 0 < row["peak_share"] < 1
+
+
+def test_export_and_bench_bad_input(capsys):
+    assert cli.main(["bench", "v3_small", "--backends", "keras,onnx"]) == 2
+    assert "`backends` must be among keras, tflite" in capsys.readouterr().err
+    assert cli.main(["export", "v3_small", "--quantize", "int8", "--calibration-images", "0", "--out", "x"]) == 2
+    assert "--calibration-images" in capsys.readouterr().err
+    assert cli.main(["export", "v3_small", "--weights", "missing.weights.h5", "--out", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
