@@ -23,7 +23,10 @@ def class_names(num_classes):
 
 
 def render_scene(image_size, num_classes, seed):
-    """One scene: image uint8 (S, S, 3) and label uint8 (S, S, 1) in [0, num_classes)."""
+    """One scene as a dict: "image" uint8 (S, S, 3), "label" uint8 (S, S, 1) in
+    [0, num_classes), and per object slot (``MAX_OBJECTS``) "boxes" float32 (4,)
+    normalised [ymin, xmin, ymax, xmax] around its visible pixels, "classes" int32,
+    "valid" bool (False for unused slots and fully occluded objects)."""
     seeds = tf.random.experimental.stateless_split(seed, 12)
     uniform = lambda i, shape=(), lo=0.0, hi=1.0: tf.random.stateless_uniform(shape, seeds[i], lo, hi)
     coords = (tf.range(image_size, dtype=tf.float32) + 0.5) / image_size
@@ -35,6 +38,7 @@ def render_scene(image_size, num_classes, seed):
     hsv = tf.stack([uniform(3), uniform(4, (), 0.0, 0.3), uniform(5, (), 0.25, 0.85)])
     image = tf.image.hsv_to_rgb(hsv) * (1.0 + 0.25 * wave[..., None])
     label = tf.zeros((image_size, image_size), tf.int32)
+    instance = tf.fill((image_size, image_size), -1)
 
     num_objects = tf.random.stateless_uniform((), seeds[6], 1, MAX_OBJECTS + 1, dtype=tf.int32)
     classes = tf.random.stateless_uniform((MAX_OBJECTS,), seeds[7], 1, num_classes, dtype=tf.int32)
@@ -55,9 +59,23 @@ def render_scene(image_size, num_classes, seed):
         stripes = 1.0 + 0.15 * tf.sin(2 * math.pi * (3.0 + 5.0 * looks[i, 3]) * (u + v) + 6.0 * looks[i, 4])
         image = tf.where(inside[..., None], colour * stripes[..., None], image)
         label = tf.where(inside, k, label)
+        instance = tf.where(inside, i, instance)
     image += tf.random.stateless_normal(tf.shape(image), seeds[11], stddev=0.04)
     image = tf.cast(tf.clip_by_value(image, 0.0, 1.0) * 255.0 + 0.5, tf.uint8)
-    return image, tf.cast(label[..., None], tf.uint8)
+    boxes, valid = [], []
+    for i in range(MAX_OBJECTS):
+        visible = instance == i
+        rows = tf.where(tf.reduce_any(visible, axis=1))[:, 0]
+        cols = tf.where(tf.reduce_any(visible, axis=0))[:, 0]
+        present = tf.size(rows) > 0
+        box = tf.cond(present, lambda: tf.cast(tf.stack([tf.reduce_min(rows), tf.reduce_min(cols),
+                                                         tf.reduce_max(rows) + 1, tf.reduce_max(cols) + 1]),
+                                               tf.float32) / image_size,
+                      lambda: tf.zeros(4))
+        boxes.append(box)
+        valid.append(present)
+    return {"image": image, "label": tf.cast(label[..., None], tf.uint8), "boxes": tf.stack(boxes),
+            "classes": classes, "valid": tf.stack(valid)}
 
 
 def synthetic_segmentation(num_examples, image_size=128, num_classes=5, seed=0):
@@ -70,6 +88,22 @@ def synthetic_segmentation(num_examples, image_size=128, num_classes=5, seed=0):
         raise ValueError(f"`num_classes` must be in [2, 255] (background + at least one shape); got {num_classes}.")
 
     def make(index):
-        return render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
+        scene = render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
+        return scene["image"], scene["label"]
+
+    return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def synthetic_detection(num_examples, image_size=128, num_classes=5, seed=0):
+    """``tf.data.Dataset`` of ``(image uint8 (S, S, 3), {"boxes": (MAX_OBJECTS, 4),
+    "classes": (MAX_OBJECTS,) in [1, num_classes), "valid": (MAX_OBJECTS,)})``: the
+    same scenes, boxes around each object's visible pixels (COCO-style class ids,
+    0 = background)."""
+    if num_classes < 2 or num_classes > 255:
+        raise ValueError(f"`num_classes` must be in [2, 255] (background + at least one shape); got {num_classes}.")
+
+    def make(index):
+        scene = render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
+        return scene["image"], {key: scene[key] for key in ("boxes", "classes", "valid")}
 
     return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,131 @@
+"""SSDLite: a MobileNet backbone, four extra feature maps and depthwise-separable
+box / class predictors (MobileNetV2 paper 6.2, MobileNetV3 paper 6.2, the TF
+Object Detection API's ``ssdlite_mobilenet_v3_large_320x320_coco.config``).
+
+    C4_expand (stride 16) ---------------------------------------> predictor 1
+    C5 (stride 32) ----------------------------------------------> predictor 2
+      -> [1x1 conv d/2 -> 3x3 dw /2 -> 1x1 conv d] d = 512 -------> predictor 3
+      -> ... d = 256, 256, 128 -----------------------------------> predictors 4-6
+    predictor: 3x3 depthwise + BN + ReLU6 -> 1x1 conv (boxes x 4 | boxes x classes)
+
+The model outputs ``{"boxes": (B, A, 4) codes, "classes": (B, A, num_classes)
+logits}`` over all A anchors (``anchors.generate`` order); column 0 is the
+background class, as in the TF OD API and torchvision.
+"""
+
+import mobilenet_tf
+from mobilenet_tf import blocks
+from mobilenet_tf._keras import keras, layers
+from mobilenet_tf.heads.ssdlite import anchors as anchors_lib
+
+EXTRA_DEPTHS = (512, 256, 256, 128)
+FEATURE_ENDPOINTS = ("C4_expand", "C5")
+BN_MOMENTUM = 0.97  # the reference config's batch_norm decay
+CLASS_BIAS_INIT = -4.6  # class_prediction_bias_init: sigmoid(-4.6) = 0.01 prior
+L2 = 4e-5
+
+
+def _bn_relu6(x, name):
+    x = layers.BatchNormalization(epsilon=blocks.BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn")(x)
+    return layers.ReLU(6.0, name=name + "_relu6")(x)
+
+
+def _conv(x, filters, name):
+    x = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=keras.regularizers.L2(L2 / 2), name=name)(x)
+    return _bn_relu6(x, name)
+
+
+def _depthwise(x, stride, name):
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=name)(x)
+    return _bn_relu6(x, name)
+
+
+def extra_layers(x, depths=EXTRA_DEPTHS):
+    """SSDLite's extra feature maps: [1x1 d/2, 3x3 depthwise /2, 1x1 d] per depth."""
+    maps = []
+    for i, depth in enumerate(depths, start=1):
+        x = _conv(x, depth // 2, f"extra{i}_reduce")
+        x = _depthwise(x, 2, f"extra{i}_dw")
+        x = _conv(x, depth, f"extra{i}_expand")
+        maps.append(x)
+    return maps
+
+
+def predictor(x, boxes_per_location, outputs_per_box, name, bias_init=0.0):
+    """3x3 depthwise + BN + ReLU6, then a 1x1 conv: (B, H, W, C) -> (B, H * W * boxes, outputs)."""
+    y = _depthwise(x, 1, name + "_dw")
+    y = layers.Conv2D(boxes_per_location * outputs_per_box, 1, name=name + "_conv",
+                      kernel_regularizer=keras.regularizers.L2(L2 / 2),
+                      bias_initializer=keras.initializers.Constant(bias_init))(y)
+    return layers.Reshape((-1, outputs_per_box), name=name + "_flat")(y)
+
+
+def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0, reduced_tail=None,
+                  anchor_spec=anchors_lib.AnchorSpec(), include_preprocessing=True, backbone_weights=None,
+                  name=None):
+    """SSDLite on a registry backbone.
+
+    Args:
+        backbone: a registry name with "C4_expand" and "C5" endpoints (v2,
+            v3_large, v3_small and their minimalistic forms).
+        num_classes: class logits including the background column 0 (91 for COCO).
+        input_size: square input side (320 in the reference config).
+        alpha: backbone width multiplier.
+        reduced_tail: halve the backbone's last stage (the V3 paper's "dagger"
+            rows); None = yes for V3, no otherwise.
+        anchor_spec: ``anchors.AnchorSpec``.
+        backbone_weights: None, "imagenet" or a file.
+
+    Returns:
+        ``keras.Model``: (B, S, S, 3) pixels in [0, 255] -> {"boxes": (B, A, 4),
+        "classes": (B, A, num_classes)}, float32. ``model.anchors`` is not set;
+        use ``anchors_for(model)``.
+    """
+    entry = mobilenet_tf.registry.get_entry(backbone)
+    if num_classes < 2:
+        raise ValueError(f"`num_classes` counts the background column and must be >= 2; got {num_classes}.")
+    if not isinstance(input_size, int) or input_size < 64:
+        raise ValueError(f"`input_size` must be an integer >= 64 (the six maps need it); got {input_size!r}.")
+    if reduced_tail is None:
+        reduced_tail = backbone.startswith("v3")
+    options = dict(input_shape=(input_size, input_size, 3), include_top=False, return_endpoints=True,
+                   include_preprocessing=include_preprocessing, weights=backbone_weights)
+    if mobilenet_tf.registry.accepts(backbone, "alpha"):
+        options["alpha"] = alpha
+    if mobilenet_tf.registry.accepts(backbone, "reduced_tail"):
+        options["reduced_tail"] = reduced_tail
+    features = mobilenet_tf.build(entry.name, **options)
+    missing = [key for key in FEATURE_ENDPOINTS if key not in features.output]
+    if missing:
+        raise ValueError(f"SSDLite needs backbone endpoints {FEATURE_ENDPOINTS}; {backbone!r} lacks {missing} "
+                         "(use v2, v3_large or v3_small).")
+    maps = [features.output[key] for key in FEATURE_ENDPOINTS]
+    maps += extra_layers(maps[-1])
+    per_location = anchors_lib.anchors_per_location(anchor_spec)
+    if len(per_location) != len(maps):
+        raise ValueError(f"the anchor spec has {len(per_location)} layers; SSDLite has {len(maps)} feature maps.")
+    boxes = [predictor(m, a, 4, f"box_predictor{i}") for i, (m, a) in enumerate(zip(maps, per_location))]
+    classes = [predictor(m, a, num_classes, f"class_predictor{i}", CLASS_BIAS_INIT)
+               for i, (m, a) in enumerate(zip(maps, per_location))]
+    outputs = {
+        "boxes": layers.Concatenate(axis=1, name="boxes", dtype="float32")(boxes),
+        "classes": layers.Concatenate(axis=1, name="classes", dtype="float32")(classes),
+    }
+    return keras.Model(features.input, outputs, name=name or f"ssdlite_{backbone}_{input_size}")
+
+
+def feature_map_sizes(model):
+    """(height, width) of each predictor's feature map."""
+    sizes = []
+    for i in range(len(anchors_lib.box_specs())):
+        shape = model.get_layer(f"box_predictor{i}_dw").input.shape
+        sizes.append((shape[1], shape[2]))
+    return sizes
+
+
+def anchors_for(model, anchor_spec=anchors_lib.AnchorSpec()):
+    """The (A, 4) anchors matching ``model``'s outputs."""
+    return anchors_lib.generate(feature_map_sizes(model), anchor_spec)
+
+
+__all__ = ["build_ssdlite", "anchors_for", "feature_map_sizes", "extra_layers", "predictor"]

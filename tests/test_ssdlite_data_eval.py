@@ -1,0 +1,59 @@
+"""Synthetic detection scenes and COCO evaluation (issue 5, third part)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mobilenet_tf.data import shapes
+from mobilenet_tf.heads.ssdlite import coco_eval
+
+
+def _scenes(n=8, size=64):
+    images = []
+    for index, (image, target) in enumerate(shapes.synthetic_detection(n, size, 5).as_numpy_iterator()):
+        images.append(dict(id=index + 1, height=size, width=size, **target))
+    return images
+
+
+def test_synthetic_boxes_enclose_exactly_the_visible_pixels():
+    ds = shapes.synthetic_segmentation(6, 64, 5)
+    for (image, label), (_, target) in zip(ds.as_numpy_iterator(), shapes.synthetic_detection(6, 64, 5)
+                                           .as_numpy_iterator()):
+        assert target["valid"].any()
+        for box, cls, valid in zip(target["boxes"], target["classes"], target["valid"]):
+            if not valid:
+                continue
+            assert 1 <= cls < 5 and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+            y0, x0, y1, x1 = (np.round(box * 64)).astype(int)
+            assert np.any(label[y0:y1, x0:x1] == cls)  # the object's class is inside its box
+        # Every labelled pixel lies inside some box of its class.
+        ys, xs = np.nonzero(label[..., 0])
+        inside = np.zeros(len(ys), bool)
+        for box, cls, valid in zip(target["boxes"], target["classes"], target["valid"]):
+            if valid:
+                y0, x0, y1, x1 = box * 64
+                inside |= (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1) & (label[ys, xs, 0] == cls)
+        assert inside.all()
+
+
+def test_coco_metrics_perfect_shifted_and_empty(tmp_path):
+    images = _scenes()
+    gt = coco_eval.ground_truth(images, shapes.class_names(5))
+    json.dumps(gt)  # serialisable COCO json
+    assert gt["categories"][0] == {"id": 1, "name": "disc_hue0"} and len(gt["categories"]) == 4
+    perfect = []
+    for image in images:
+        keep = image["valid"]
+        perfect += coco_eval.detections(image["id"], 64, 64, image["boxes"][keep], np.ones(keep.sum()),
+                                        image["classes"][keep], keep.sum())
+    assert coco_eval.evaluate(gt, perfect)["map"] == pytest.approx(1.0)
+    shifted = [dict(d, bbox=[d["bbox"][0] + 0.3 * d["bbox"][2], *d["bbox"][1:]]) for d in perfect]
+    metrics = coco_eval.evaluate(gt, shifted)
+    # Shifted by 30% of its width, a box keeps IoU 0.7 / 1.3 = 0.54: it counts at the 0.50
+    # threshold only, 1 of AP@[.5:.95]'s 10 thresholds.
+    assert metrics["map50"] == pytest.approx(1.0) and metrics["map75"] == 0.0
+    assert metrics["map"] == pytest.approx(0.1)
+    wrong_class = [dict(d, category_id=d["category_id"] % 4 + 1) for d in perfect]
+    assert coco_eval.evaluate(gt, wrong_class)["map"] < 0.3
+    assert coco_eval.evaluate(gt, []) == {name: 0.0 for name in coco_eval.STAT_NAMES}

@@ -1,0 +1,116 @@
+"""SSDLite model sizes, losses and postprocessing (issue 5, second part): hand-made cases."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mobilenet_tf
+from mobilenet_tf.heads.ssdlite import anchors, box_coder, losses, matcher, model as ssd, postprocess
+
+# V3 paper Table 6 ("dagger": reduced tail), V2 paper Table 6: params (conv), MAdds at 320, 91 classes.
+PAPER_TABLE_6 = {"v3_large": (3.22e6, 0.51e9), "v3_small": (1.77e6, 0.16e9), "v2": (4.3e6, 0.8e9)}
+
+
+@pytest.mark.parametrize("backbone", sorted(PAPER_TABLE_6))
+def test_size_matches_the_papers(backbone):
+    model = ssd.build_ssdlite(backbone, num_classes=91, input_size=320)
+    profile = mobilenet_tf.profile(model)
+    params, madds = PAPER_TABLE_6[backbone]
+    assert abs(profile.conv_dense_params / params - 1) < 0.04, profile.conv_dense_params
+    assert abs(profile.madds / madds - 1) < 0.04, profile.madds
+    assert ssd.feature_map_sizes(model) == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert tuple(model.output["boxes"].shape) == (None, 2034, 4)
+    assert tuple(model.output["classes"].shape) == (None, 2034, 91)
+
+
+def test_other_input_sizes_get_their_own_anchors():
+    model = ssd.build_ssdlite("v3_small", num_classes=5, input_size=256, alpha=0.5)
+    assert ssd.feature_map_sizes(model) == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    out = model(np.zeros((2, 256, 256, 3), "float32"))
+    assert out["boxes"].shape[1] == len(ssd.anchors_for(model)) == 16 * 16 * 3 + (64 + 16 + 4 + 1 + 1) * 6
+    # The class bias starts at -4.6: every sigmoid score near 0.01.
+    assert np.allclose(tf.sigmoid(out["classes"]).numpy().mean(), 0.01, atol=0.005)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="lacks"):
+        ssd.build_ssdlite("squeezenet1_1")
+    with pytest.raises(ValueError, match="`num_classes` counts the background"):
+        ssd.build_ssdlite("v3_small", num_classes=1)
+    with pytest.raises(ValueError, match="`input_size` must be an integer >= 64"):
+        ssd.build_ssdlite("v3_small", input_size=32)
+
+
+def test_focal_loss_by_hand():
+    logits = np.array([[[9.0, 2.0, -1.0], [9.0, 0.0, 0.5]]], np.float32)  # 1 image, 2 anchors, 3 columns
+    targets = np.array([[1, matcher.BACKGROUND]])  # anchor 0 is class 1, anchor 1 background
+    sig = 1 / (1 + np.exp(-logits[..., 1:]))  # column 0 (background) is not scored by the focal loss
+    labels = np.array([[[1, 0], [0, 0]]], np.float32)
+    p_t = labels * sig + (1 - labels) * (1 - sig)
+    alpha_t = labels * 0.75 + (1 - labels) * 0.25
+    expected = (-alpha_t * (1 - p_t) ** 2 * np.log(p_t)).sum(-1)
+    np.testing.assert_allclose(losses.sigmoid_focal(targets, logits).numpy(), expected, rtol=1e-5)
+    # Normalised by the matches of the batch: one match here.
+    np.testing.assert_allclose(losses.ClassLoss()(targets, logits).numpy(), expected.sum(), rtol=1e-5)
+
+
+def test_smooth_l1_and_box_loss_by_hand():
+    targets = np.array([[[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]], np.float32)
+    codes = np.array([[[0.5, -2.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0]]], np.float32)
+    np.testing.assert_allclose(losses.smooth_l1(targets, codes).numpy(), [[0.125 + 1.5, 4 * 7.5]])
+    packed = losses.pack_box_targets(targets, np.array([[True, False]]))
+    assert float(losses.BoxLoss()(packed, codes)) == pytest.approx(1.625)  # the unmatched anchor is ignored
+
+
+def test_hard_negative_mining_keeps_three_negatives_per_positive():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 20, 3)).astype("float32")
+    targets = np.full((1, 20), matcher.BACKGROUND)
+    targets[0, 4] = 2
+    per_anchor = losses.hard_negative_softmax(targets, logits).numpy()[0]
+    ce = -np.log(np.exp(logits[0]) / np.exp(logits[0]).sum(-1, keepdims=True))
+    negative_ce = ce[:, 0].copy()
+    negative_ce[4] = -1
+    hardest = set(np.argsort(-negative_ce)[:3])
+    assert set(np.flatnonzero(per_anchor)) == hardest | {4}
+    assert per_anchor[4] == pytest.approx(ce[4, 2], rel=1e-5)
+    with pytest.raises(ValueError, match="`loss` must be one of"):
+        losses.ClassLoss("softmax")
+
+
+def test_postprocess_decodes_suppresses_and_shifts_class_ids():
+    anchor_boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
+    codes = np.zeros((1, 3, 4), np.float32)  # boxes = anchors
+    logits = np.full((1, 3, 3), -10.0, np.float32)
+    logits[0, 0, 2], logits[0, 1, 2], logits[0, 2, 1] = 3.0, 2.0, 1.0  # two overlapping class-2, one class-1
+    out = postprocess.postprocess({"boxes": codes, "classes": logits}, anchor_boxes, score_threshold=0.5)
+    assert int(out["num_detections"][0]) == 2  # anchor 1 suppressed by anchor 0 (IoU 0.9 > 0.6)
+    np.testing.assert_array_equal(out["classes"].numpy()[0, :2], [2, 1])
+    np.testing.assert_allclose(out["boxes"].numpy()[0, 0], anchor_boxes[0], atol=1e-5)
+
+
+def test_inference_model_runs_on_images():
+    model = ssd.build_ssdlite("v3_small", num_classes=4, input_size=128, alpha=0.5)
+    detector = postprocess.build_inference_model(model, score_threshold=0.0)
+    out = detector(tf.zeros((2, 128, 128, 3)))
+    assert out["boxes"].shape == (2, 100, 4) and out["classes"].shape == (2, 100)
+    assert np.all(out["classes"].numpy() >= 1) and np.all(out["num_detections"].numpy() == 100)
+    with pytest.raises(ValueError, match="needs a model from `build_ssdlite`"):
+        postprocess.build_inference_model(mobilenet_tf.build("v3_small", input_shape=(96, 96, 3)))
+
+
+def test_training_step_reduces_the_loss_on_one_image():
+    """Targets from the matcher, losses in compile, a few fit steps: the loss goes down."""
+    model = ssd.build_ssdlite("v3_small", num_classes=3, input_size=128, alpha=0.35)
+    anchor_boxes = ssd.anchors_for(model)
+    gt = tf.constant([[0.2, 0.2, 0.7, 0.6], [0, 0, 0, 0]], tf.float32)
+    box_targets, class_targets, matched = matcher.assign_targets(gt, tf.constant([2, 0]), tf.constant([True, False]),
+                                                                 anchor_boxes)
+    images = tf.random.uniform((4, 128, 128, 3), 0, 255, seed=0)
+    targets = {"boxes": tf.repeat(losses.pack_box_targets(box_targets, matched)[None], 4, 0),
+               "classes": tf.repeat(class_targets[None], 4, 0)}
+    model.compile(optimizer="adam", loss={"boxes": losses.BoxLoss(), "classes": losses.ClassLoss()})
+    history = model.fit(images, targets, epochs=8, batch_size=4, verbose=0).history["loss"]
+    assert history[-1] < 0.7 * history[0]
+    assert box_coder.decode(box_targets, anchor_boxes).shape == (len(anchor_boxes), 4)
+    assert anchors.anchors_per_location()[0] == 3
