@@ -119,7 +119,9 @@ def hard_swish(x, name):
 
 
 def activation(x, kind, name):
-    """Apply ``kind`` (one of ``ACTIVATIONS``) as a layer called ``name``."""
+    """Apply ``kind`` (one of ``ACTIVATIONS``, or None for none) as a layer called ``name``."""
+    if kind is None:
+        return x
     if kind == "relu":
         return layers.ReLU(name=name)(x)
     if kind == "relu6":
@@ -133,20 +135,22 @@ def batch_norm(x, name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def conv_bn_act(x, filters, kernel, stride, kind, conv_name, bn_name, act_name):
-    """Conv2D (no bias) -> BatchNormalization -> activation ``kind``.
+def conv_bn_act(x, filters, kernel, stride, kind, conv_name, bn_name, act_name, groups=1):
+    """Conv2D (no bias, ``groups`` groups) -> BatchNormalization -> activation ``kind``
+    (None: no activation).
 
     Shapes: (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), filters).
     """
     x = layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False, name=conv_name
+        filters, kernel, strides=stride, padding="same", groups=groups, use_bias=False, name=conv_name
     )(x)
     x = batch_norm(x, bn_name)
     return activation(x, kind, act_name)
 
 
 def depthwise_bn_act(x, kernel, stride, dilation, kind, name, bn_name, act_name, depth_multiplier=1):
-    """DepthwiseConv2D (no bias, "same" padding) -> BatchNormalization -> activation.
+    """DepthwiseConv2D (no bias, "same" padding) -> BatchNormalization -> activation
+    ``kind`` (None: no activation).
 
     "same" padding equals keras.applications' explicit ZeroPadding2D + "valid"
     padding wherever the input size is known (and V1's at even sizes), also works

@@ -49,22 +49,15 @@ V2_CHANNELS = {
 }
 
 
-def _bn(x, name):
-    return blocks.batch_norm(x, name)
-
-
 def _pointwise(x, filters, groups, name, relu=True):
     """1x1 (group) conv -> BN (-> ReLU)."""
-    x = layers.Conv2D(filters, 1, groups=groups, use_bias=False, name=name)(x)
-    x = _bn(x, name + "_bn")
-    return layers.ReLU(name=name + "_relu")(x) if relu else x
+    return blocks.conv_bn_act(x, filters, 1, 1, "relu" if relu else None, name, name + "_bn", name + "_relu",
+                              groups=groups)
 
 
 def _depthwise(x, stride, dilation, name):
     """3x3 depthwise conv -> BN (no activation, both papers)."""
-    x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=dilation, padding="same", use_bias=False,
-                               name=name)(x)
-    return _bn(x, name + "_bn")
+    return blocks.depthwise_bn_act(x, 3, stride, dilation, None, name, name + "_bn", None)
 
 
 def shufflenet_v1_unit(x, out_channels, groups, stride, dilation, name):
@@ -126,8 +119,7 @@ def _build(family, channels, unit, *, input_shape, include_top, weights, input_t
     inputs, x = backbone.model_inputs(input_shape, input_tensor, include_preprocessing)
     walk = backbone.StrideWalk(output_stride)
     stride, _ = walk.block(x, 2)
-    x = layers.Conv2D(channels.stem, 3, strides=stride, padding="same", use_bias=False, name="conv1")(x)
-    x = layers.ReLU(name="conv1_relu")(_bn(x, "conv1_bn"))
+    x = blocks.conv_bn_act(x, channels.stem, 3, stride, "relu", "conv1", "conv1_bn", "conv1_relu")
     stride, _ = walk.block(x, 2)
     x = layers.MaxPooling2D(3, strides=stride, padding="same", name="maxpool")(x)
     for stage, (filters, repeats) in enumerate(zip(channels.stages, STAGE_REPEATS), start=2):

@@ -139,9 +139,7 @@ def lraspp_head(high, low, num_classes, output_stride=16, filters=128, pooling="
     Returns:
         (B, H, W, num_classes) float32 logits.
     """
-    x = layers.Conv2D(filters, 1, use_bias=False, name="lraspp_conv")(high)
-    x = layers.BatchNormalization(epsilon=blocks.BN_EPSILON, momentum=blocks.BN_MOMENTUM, name="lraspp_bn")(x)
-    x = layers.ReLU(name="lraspp_relu")(x)
+    x = blocks.conv_bn_act(high, filters, 1, 1, "relu", "lraspp_conv", "lraspp_bn", "lraspp_relu")
     if pooling == "global":
         scale = layers.GlobalAveragePooling2D(keepdims=True, name="lraspp_pool")(high)
     else:
