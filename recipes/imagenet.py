@@ -25,7 +25,6 @@ import mobilenet_tf  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.data import classification  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
-from mobilenet_tf.training import strategy as strategy_lib  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # What the synthetic default changes so that it learns on a CPU in minutes.
@@ -35,7 +34,7 @@ REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
 
 
 @dataclasses.dataclass
-class Config:
+class Config(config_lib.RunOptions):
     """Train and evaluate a MobileNet image classifier (the papers' ImageNet recipe)."""
 
     model: str = field("v3_small", "model name from mobilenet_tf.list_models() (MobileNets, SqueezeNet, "
@@ -66,21 +65,9 @@ class Config:
     synthetic_train_examples: int = field(3840, "synthetic training images per epoch")
     synthetic_eval_examples: int = field(1000, "synthetic evaluation images")
     steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
-    strategy: str = field("auto", "tf.distribute strategy", choices=list(strategy_lib.STRATEGIES))
-    sync_batchnorm: bool = field(True, "with several replicas, all-reduce BatchNormalization statistics "
-                                       "(SyncBN: every worker keeps the same moving statistics)")
-    num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
-    mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
-    force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
-    jit_compile: bool = field(False, "compile the train step with XLA")
     steps_per_execution: int = field(1, "train steps per tf.function call")
     output_dir: str = field("runs/imagenet", "run directory")
-    overwrite: bool = field(False, "replace a finished run in --output-dir")
-    eval_only: bool = field(False, "only evaluate --weights")
     weights: Optional[str] = field(None, "'imagenet' or a .weights.h5 file to start from / evaluate")
-    seed: int = field(0, "random seed")
-    deterministic: bool = field(False, "deterministic ops and input order (slower)")
-    verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")
 
 
 def resolve(config):

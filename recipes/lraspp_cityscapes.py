@@ -31,7 +31,6 @@ from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.heads import lraspp  # noqa: E402
 from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics, visualize  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
-from mobilenet_tf.training import strategy as strategy_lib  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # The Cityscapes defaults. DeepLab publishes its MobileNetV3 model flags
@@ -53,7 +52,7 @@ FOLDER_DEFAULTS = dict(CITYSCAPES_DEFAULTS, crop_size=512, eval_height=None, eva
 
 
 @dataclasses.dataclass
-class Config:
+class Config(config_lib.RunOptions):
     """Train and evaluate MobileNetV3 + LR-ASPP semantic segmentation (V3 paper 6.3)."""
 
     backbone: Optional[str] = field(None, "backbone name (default v3_large; synthetic v3_small)")
@@ -94,23 +93,12 @@ class Config:
     synthetic_classes: int = field(5, "classes of the synthetic dataset, background included")
     synthetic_train_examples: int = field(1600, "synthetic training scenes per epoch")
     synthetic_eval_examples: int = field(200, "synthetic evaluation scenes")
-    strategy: str = field("auto", "tf.distribute strategy", choices=list(strategy_lib.STRATEGIES))
-    sync_batchnorm: bool = field(True, "with several replicas, all-reduce BatchNormalization statistics")
-    num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
-    mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
-    force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
-    jit_compile: bool = field(False, "compile the train step with XLA")
     eval_batch_size: int = field(4, "evaluation batch size")
     tflite: str = field("", "also export TFLite: comma list of fp32, float16, dynamic, int8")
     output_dir: str = field("runs/lraspp", "run directory")
-    overwrite: bool = field(False, "replace a finished run in --output-dir")
-    eval_only: bool = field(False, "only evaluate --weights")
     weights: Optional[str] = field(None, "a .weights.h5 of the whole model to start from / evaluate")
     backbone_weights: Optional[str] = field(None, "'imagenet' or a backbone .weights.h5 (needs "
                                                   "--no-reduced-tail for imagenet; the paper trains from scratch)")
-    seed: int = field(0, "random seed")
-    deterministic: bool = field(False, "deterministic ops and input order (slower)")
-    verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")
 
 
 TFLITE_FORMATS = {"fp32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}

@@ -12,6 +12,8 @@ import json
 import sys
 import typing
 
+from mobilenet_tf.training.strategy import STRATEGIES
+
 
 def _flag_type(hint):
     """(type, is_bool) for a field annotation such as ``int``, ``float | None``, ``str``."""
@@ -66,3 +68,23 @@ def field(default, help, choices=None):
 def keras_verbose(setting):
     """``--verbose`` -> Keras' ``verbose``: "auto" is a progress bar on a TTY, else one line per epoch."""
     return int(setting) if setting != "auto" else (1 if sys.stdout.isatty() else 2)
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The flags every recipe shares: distribution, precision, seeds, run directory
+    handling and logging. A recipe's ``Config`` subclasses it; ``engine.setup``,
+    ``engine.open_run`` and ``keras_verbose`` read these fields."""
+
+    strategy: str = field("auto", "tf.distribute strategy", choices=list(STRATEGIES))
+    sync_batchnorm: bool = field(True, "with several replicas, all-reduce BatchNormalization statistics "
+                                       "(SyncBN: every worker keeps the same moving statistics)")
+    num_cpu_devices: int = field(0, "split the CPU into N logical devices (mirrored training without GPUs)")
+    mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
+    force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
+    jit_compile: bool = field(False, "compile the train step with XLA")
+    overwrite: bool = field(False, "replace a finished run in --output-dir")
+    eval_only: bool = field(False, "only evaluate --weights")
+    seed: int = field(0, "random seed")
+    deterministic: bool = field(False, "deterministic ops and input order (slower)")
+    verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")
