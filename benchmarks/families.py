@@ -11,15 +11,13 @@ with XNNPACK; both are timed in alternating rounds of one run on random input.
 
 import argparse
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import benchmark, export  # noqa: E402
+from mobilenet_tf import benchmark  # noqa: E402
 
 # ImageNet top-1 (%) as the papers report it (single crop), and where.
 PAPER_TOP1 = {
@@ -53,17 +51,14 @@ def main(argv=None):
     print("| model | params | MAdds | Keras ms | TFLite ms | paper top-1 | source |")
     print("|---|---|---|---|---|---|---|")
     shape = (args.resolution, args.resolution, 3)
-    x = np.random.default_rng(0).uniform(0, 255, (1, *shape)).astype("float32")
     for name in args.models.split(","):
         model = mobilenet_tf.build(name, input_shape=shape)
         profile = mobilenet_tf.profile(model)
-        keras_fn = tf.function(lambda images: model(images, training=False))
-        with tempfile.TemporaryDirectory() as tmp:
-            tflite = export.TFLiteModel(export.to_tflite(model, os.path.join(tmp, "m.tflite")), args.threads)
-            keras_s, tflite_s = benchmark.median_seconds([keras_fn, tflite], x, args.repeats)
+        keras_ms, tflite_ms = (r["latency_ms"] for r in benchmark.bench(
+            model, ["keras", "tflite"], threads=args.threads, repeats=args.repeats))
         top1, source = PAPER_TOP1.get(name, (None, ""))
-        print(f"| {name} | {profile.params / 1e6:.2f}M | {profile.madds / 1e6:.0f}M | {keras_s * 1e3:.1f} "
-              f"| {tflite_s * 1e3:.1f} | {'-' if top1 is None else f'{top1:.1f}'} | {source} |", flush=True)
+        print(f"| {name} | {profile.params / 1e6:.2f}M | {profile.madds / 1e6:.0f}M | {keras_ms:.1f} "
+              f"| {tflite_ms:.1f} | {'-' if top1 is None else f'{top1:.1f}'} | {source} |", flush=True)
 
 
 if __name__ == "__main__":

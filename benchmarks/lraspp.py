@@ -12,7 +12,6 @@ Markdown table with MAdds and the ratio Keras / TFLite.
 
 import argparse
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +20,6 @@ import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import benchmark  # noqa: E402
-from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf.heads import lraspp  # noqa: E402
 
 
@@ -43,19 +41,16 @@ def main(argv=None):
             height, width = (int(v) for v in size.split("x"))
             model = lraspp.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
             madds = mobilenet_tf.profile(model).madds
-            x = rng.uniform(0, 255, (1, height, width, 3)).astype("float32")
-            keras_fn = tf.function(lambda images: model(images, training=False))
-            with tempfile.TemporaryDirectory() as tmp:
-                fp32 = export.TFLiteModel(export.to_tflite(model, os.path.join(tmp, "fp32.tflite")), args.threads)
-                keras_s, fp32_s = benchmark.median_seconds([keras_fn, fp32], x, args.repeats)
-                int8_ms = "-"
-                if not args.no_int8:
-                    calibration = [rng.uniform(0, 255, x.shape).astype("float32") for _ in range(4)]
-                    path = export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)
-                    int8 = export.TFLiteModel(path, args.threads)
-                    int8_ms = f"{benchmark.median_seconds([int8], x, args.repeats)[0] * 1e3:.0f}"
-            print(f"| {backbone} | {height}x{width} | {madds / 1e9:.2f}B | {keras_s * 1e3:.0f} | {fp32_s * 1e3:.0f} "
-                  f"| {keras_s / fp32_s:.2f} | {int8_ms} |", flush=True)
+            keras_ms, fp32_ms = (r["latency_ms"] for r in benchmark.bench(
+                model, ["keras", "tflite"], threads=args.threads, repeats=args.repeats))
+            int8_ms = "-"
+            if not args.no_int8:
+                calibration = [rng.uniform(0, 255, (1, height, width, 3)).astype("float32") for _ in range(4)]
+                int8 = benchmark.bench(model, ["tflite-int8"], threads=args.threads, repeats=args.repeats,
+                                       calibration=calibration)
+                int8_ms = f"{int8[0]['latency_ms']:.0f}"
+            print(f"| {backbone} | {height}x{width} | {madds / 1e9:.2f}B | {keras_ms:.0f} | {fp32_ms:.0f} "
+                  f"| {keras_ms / fp32_ms:.2f} | {int8_ms} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ def peak_madds_per_second(size=1024, repeats=5):
     return size ** 3 / best
 
 
+def _weight_bytes(model):
+    return sum(int(np.prod(w.shape)) * np.dtype(getattr(w.dtype, "as_numpy_dtype", w.dtype)).itemsize
+               for w in model.weights)
+
+
 def check_backends(backends):
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
@@ -60,7 +65,8 @@ def check_backends(backends):
 
 def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30, warmup=3,
           calibration=None, madds=None):
-    """Latency of ``model`` on each backend.
+    """Latency of ``model`` on each backend, timed in alternating rounds (so their
+    ratios are fair) on one random input.
 
     Args:
         model: a Keras 3 model with a static input size.
@@ -84,22 +90,24 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, shape).astype("float32")
     peak = peak_madds_per_second() if madds else None
-    results = []
+    fns, sizes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             if backend == "keras":
-                fn = tf.function(lambda images: model(images, training=False))
-                size = sum(int(np.prod(w.shape)) * np.dtype(getattr(w.dtype, "as_numpy_dtype", w.dtype)).itemsize
-                           for w in model.weights)
-            else:
-                quantization = BACKENDS[backend]
-                data = calibration
-                if quantization == "int8" and data is None:
-                    data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
-                path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
-                fn = export.TFLiteModel(path, threads)
-                size = os.path.getsize(path)
-            samples = sorted(_samples([fn], x, repeats, warmup)[0])
+                fns.append(tf.function(lambda images: model(images, training=False)))
+                sizes.append(_weight_bytes(model))
+                continue
+            quantization = BACKENDS[backend]
+            data = calibration
+            if quantization == "int8" and data is None:
+                data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
+            path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
+            fns.append(export.TFLiteModel(path, threads))
+            sizes.append(os.path.getsize(path))
+        # Timed while the files exist (the interpreters may map them).
+        results = []
+        for backend, size, samples in zip(backends, sizes, _samples(fns, x, repeats, warmup)):
+            samples = sorted(samples)
             median = statistics.median(samples)
             row = dict(backend=backend, latency_ms=median * 1e3,
                        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))] * 1e3,
