@@ -131,33 +131,35 @@ class _EpochTimer(keras.callbacks.Callback):
             logs["train_seconds"] = self._seconds if self._seconds is not None else time.perf_counter() - self._start
 
 
-class _Evaluate(keras.callbacks.Callback):
-    """Adds ``val_<key>`` for each ``evaluate(model)`` result to the epoch's logs,
-    before the checkpoint and CSV callbacks read them.
-
-    Evaluates on the first epoch of the process, every ``every``-th epoch and the
-    last; other epochs log NaN (never "best", shown as gaps in the curves).
-    """
+class _ScheduledEvaluation:
+    """``evaluate(model)`` on the first epoch of the process, every ``every``-th epoch
+    and the last; other epochs give NaN for its keys (never "best", gaps in the
+    curves). Returns the results as ``val_<key>``; used by both training loops."""
 
     def __init__(self, evaluate, every, epochs):
-        super().__init__()
         self._evaluate, self._every, self._epochs = evaluate, every, epochs
         self._keys = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        if self._keys is None or due_for_evaluation(epoch, self._every, self._epochs):
-            results = self._evaluate(self.model)
+    def __call__(self, model, epoch):
+        if self._keys is None or (epoch + 1) % self._every == 0 or epoch + 1 == self._epochs:
+            results = self._evaluate(model)
             self._keys = list(results)
         else:
             results = {key: float("nan") for key in self._keys}
-        logs.update({f"val_{key}": value for key, value in results.items()})
+        return {f"val_{key}": value for key, value in results.items()}
 
 
-def due_for_evaluation(epoch, every, epochs):
-    """Whether 0-based ``epoch`` is an evaluation epoch: every ``every``-th and the last."""
-    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+class _Evaluate(keras.callbacks.Callback):
+    """Adds the scheduled evaluation's ``val_<key>`` results to the epoch's logs,
+    before the checkpoint and CSV callbacks read them."""
+
+    def __init__(self, evaluation):
+        super().__init__()
+        self._evaluation = evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._evaluation(self.model, epoch))
 
 
 def _callbacks(run, monitor, ema, extra=(), evaluate=None, evaluate_every=1, epochs=1):
@@ -168,7 +170,7 @@ def _callbacks(run, monitor, ema, extra=(), evaluate=None, evaluate_every=1, epo
         # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if evaluate is not None:
-        callbacks.append(_Evaluate(evaluate, evaluate_every, epochs))
+        callbacks.append(_Evaluate(_ScheduledEvaluation(evaluate, evaluate_every, epochs)))
     callbacks += [
         keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
                                         save_best_only=True, save_weights_only=True,
@@ -300,7 +302,7 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
 
     csv_path = os.path.join(worker_dir, "history.csv")
     best = best_so_far(RunDir(worker_dir), monitor)  # survives a resume
-    evaluated_keys = []
+    evaluation = _ScheduledEvaluation(evaluate, evaluate_every, epochs) if evaluate is not None else None
     for epoch in range(int(epoch_var.numpy()), epochs):
         start = time.perf_counter()
         total = 0.0
@@ -320,13 +322,8 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
             for x, y in strategy.experimental_distribute_dataset(eval_ds.take(eval_steps)):
                 distributed_eval_step(x, y)
             row.update({f"val_{m.name}": float(m.result()) for m in metrics})
-        if evaluate is not None:
-            if due_for_evaluation(epoch, evaluate_every, epochs) or not evaluated_keys:
-                results = evaluate(model)
-                evaluated_keys = list(results)
-            else:
-                results = {key: float("nan") for key in evaluated_keys}
-            row.update({f"val_{key}": value for key, value in results.items()})
+        if evaluation is not None:
+            row.update(evaluation(model, epoch))
         model.save_weights(os.path.join(worker_dir, "last.weights.h5"))
         if row[monitor] > best:
             best = row[monitor]
