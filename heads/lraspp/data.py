@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf.data import shapes, tfds_builder
-from mobilenet_tf.data.classification import Split
+from mobilenet_tf.data.classification import Split, batched
 
 IGNORE_LABEL = 255
 MEAN_PIXEL = 127.5  # the padding value; the model maps it to 0 after its [-1, 1] rescaling
@@ -182,13 +182,10 @@ def make_pipeline(split, *, training, batch_size, crop_size=None, scale_range=(0
     """Batched ``(float32 [0, 255] (B, h, w, 3), int32 (B, h, w, 1))``.
 
     Training: shuffled (``shuffle_buffer`` decoded examples; keep it small for
-    large images), augmented (``random_scale_crop_flip`` to ``crop_size``), repeated. Evaluation: full images (or resized to ``eval_size``; labels by
+    large images), augmented (``random_scale_crop_flip`` to ``crop_size``),
+    repeated. Evaluation: full images (or resized to ``eval_size``; labels by
     nearest neighbour), not repeated.
     """
-    ds = split.dataset
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, split.num_examples), seed=seed, reshuffle_each_iteration=True).repeat()
-
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
         label = check_labels(label, split.num_classes)
@@ -199,7 +196,6 @@ def make_pipeline(split, *, training, batch_size, crop_size=None, scale_range=(0
             label = tf.image.resize(label, eval_size, method="nearest")
         return tf.clip_by_value(image, 0.0, 255.0), label
 
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return batched(split.dataset, prepare, training=training, batch_size=batch_size,
+                   num_examples=split.num_examples, shuffle_buffer=shuffle_buffer, deterministic=deterministic,
+                   seed=seed)

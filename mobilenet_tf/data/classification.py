@@ -111,15 +111,6 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
     Training data is shuffled, augmented and repeated; evaluation data is not.
     ``deterministic`` fixes the order and augmentation for a given ``seed``.
     """
-    ds = split.dataset
-    if cache:
-        ds = ds.cache()
-    repeat = training if repeat is None else repeat
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, split.num_examples), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
         if training:
@@ -131,7 +122,22 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
             image = center_crop(image, image_size)
         return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
 
+    ds = split.dataset.cache() if cache else split.dataset
+    return batched(ds, prepare, training=training, batch_size=batch_size, num_examples=split.num_examples,
+                   shuffle_buffer=shuffle_buffer, repeat=repeat, deterministic=deterministic, seed=seed)
+
+
+def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buffer, repeat=None,
+            deterministic=False, seed=0):
+    """What every input pipeline ends with: shuffle (training) and repeat (``repeat``,
+    default: when training), ``prepare`` each example in parallel, batch (dropping
+    the last partial batch in training), prefetch. ``deterministic`` fixes the order."""
+    if training:
+        dataset = dataset.shuffle(min(shuffle_buffer, num_examples), seed=seed, reshuffle_each_iteration=True)
+    repeat = training if repeat is None else repeat
+    if repeat:
+        dataset = dataset.repeat()
     options = tf.data.Options()
     options.deterministic = deterministic
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
