@@ -40,15 +40,21 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantization == "int8":
-            def calibration():
-                for step, batch in enumerate(representative_data):
-                    if step >= calibration_steps:
-                        break
-                    yield [np.asarray(batch, np.float32)]
-
-            converter.representative_dataset = calibration
+            converter.representative_dataset = calibration_generator(representative_data, calibration_steps)
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        flatbuffer = converter.convert()
+        return write_file(path, converter.convert())
+
+
+def calibration_generator(representative_data, steps):
+    """A converter's ``representative_dataset``: at most ``steps`` float32 batches."""
+    def calibration():
+        for _, batch in zip(range(steps), representative_data):
+            yield [np.asarray(batch, np.float32)]
+    return calibration
+
+
+def write_file(path, flatbuffer):
+    """Write ``flatbuffer`` to ``path`` (parent folders made); returns ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from mobilenet_tf.data import shapes
 from mobilenet_tf.heads.ssdlite import coco_eval
@@ -17,9 +18,10 @@ def _scenes(n=8, size=64):
 
 
 def test_synthetic_boxes_enclose_exactly_the_visible_pixels():
-    ds = shapes.synthetic_segmentation(6, 64, 5)
-    for (image, label), (_, target) in zip(ds.as_numpy_iterator(), shapes.synthetic_detection(6, 64, 5)
-                                           .as_numpy_iterator()):
+    for index in range(6):
+        scene = shapes.render_scene(64, 5, tf.constant([0, index], tf.int64), max_objects=6,
+                                    radius_range=(0.06, 0.25))
+        label, target = scene["label"].numpy(), {key: scene[key].numpy() for key in ("boxes", "classes", "valid")}
         assert target["valid"].any()
         for box, cls, valid in zip(target["boxes"], target["classes"], target["valid"]):
             if not valid:

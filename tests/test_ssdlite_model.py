@@ -32,9 +32,19 @@ def test_other_input_sizes_get_their_own_anchors():
     assert np.allclose(tf.sigmoid(out["classes"]).numpy().mean(), 0.01, atol=0.005)
 
 
+def test_v1_uses_its_stride_16_and_32_outputs():
+    """V1 has no expansion layers: the first map is Conv2d_11_pointwise (C4), as in
+    the TF OD API's ssd_mobilenet_v1; any alpha works."""
+    model = ssd.build_ssdlite("v1", num_classes=3, input_size=128, alpha=0.25)
+    assert ssd.feature_map_sizes(model)[:2] == [(8, 8), (4, 4)]
+    assert model.get_layer("box_predictor0_dw").input.shape[-1] == 128  # 512 * 0.25
+
+
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="lacks"):
-        ssd.build_ssdlite("squeezenet1_1")
+    with pytest.raises(ValueError, match="stride-16 and stride-32 feature maps.*gives \\[19, 19\\]"):
+        ssd.build_ssdlite("squeezenet1_1")  # its last map has stride 16
+    with pytest.raises(ValueError, match="unknown model name"):
+        ssd.build_ssdlite("v9")
     with pytest.raises(ValueError, match="`num_classes` counts the background"):
         ssd.build_ssdlite("v3_small", num_classes=1)
     with pytest.raises(ValueError, match="`input_size` must be an integer >= 64"):
@@ -114,3 +124,37 @@ def test_training_step_reduces_the_loss_on_one_image():
     assert history[-1] < 0.7 * history[0]
     assert box_coder.decode(box_targets, anchor_boxes).shape == (len(anchor_boxes), 4)
     assert anchors.anchors_per_location()[0] == 3
+    # The multi-worker loop sums the dict of losses per example: its mean is what fit
+    # minimises (the sum of the two Keras losses).
+    from mobilenet_tf.training import engine
+
+    predictions = model(images, training=False)
+    loss = {"boxes": losses.BoxLoss(), "classes": losses.ClassLoss()}
+    per_example = engine._per_example_loss(loss, targets, predictions)
+    expected = losses.BoxLoss()(targets["boxes"], predictions["boxes"]) + \
+        losses.ClassLoss()(targets["classes"], predictions["classes"])
+    assert per_example.shape == (4,) and float(tf.reduce_mean(per_example)) == pytest.approx(float(expected), 1e-5)
+
+
+def test_tflite_detector_has_the_custom_nms_op_and_checks_arguments(tmp_path):
+    from mobilenet_tf.heads.ssdlite import deploy
+
+    model = ssd.build_ssdlite("v3_small", num_classes=6, input_size=96, alpha=0.35)
+    with pytest.raises(ValueError, match="`quantization` must be"):
+        deploy.to_tflite_detector(model, tmp_path / "x.tflite", quantization="int4")
+    with pytest.raises(ValueError, match="needs `representative_images`"):
+        deploy.to_tflite_detector(model, tmp_path / "x.tflite", quantization="int8")
+    with pytest.raises(ValueError, match="`score_threshold` must be > 0"):
+        deploy.to_tflite_detector(model, tmp_path / "x.tflite", score_threshold=0.0)
+    path = deploy.to_tflite_detector(model, tmp_path / "det.tflite")
+    with pytest.raises(ValueError, match="`threads` must be <= 8"):
+        deploy.TFLiteDetector(path, threads=9)
+    detector = deploy.TFLiteDetector(path, threads=2)
+    counts = detector.op_counts()
+    assert counts["TFLite_Detection_PostProcess"] == 1 and not any(op.startswith("Flex") for op in counts)
+    out = detector(np.random.default_rng(0).uniform(0, 255, (1, 96, 96, 3)))
+    num = int(out["num_detections"][0])
+    assert out["boxes"].shape == (1, 100, 4) and 0 < num <= 100
+    assert out["classes"][0, :num].min() >= 1 and out["classes"][0, :num].max() <= 5  # ids 1..C-1
+    assert np.all(out["scores"][0, num:] == 0) and np.all(out["boxes"][0, num:] == 0)  # empty slots zeroed
+    assert np.all((out["boxes"] >= 0) & (out["boxes"] <= 1))

@@ -1,10 +1,17 @@
-"""SSDLite detection (MobileNetV2 paper 6.2, MobileNetV3 paper 6.2): in progress.
+"""SSDLite detection on MobileNet V2/V3 (MobileNetV2 paper 6.2, MobileNetV3 paper 6.2).
 
-Landed: ``model`` (build_ssdlite), ``anchors``, ``box_coder``, ``matcher``
-(target assignment), ``losses`` (focal + smooth L1, hard negative mining),
-``postprocess`` (decode + NMS, build_inference_model) and ``coco_eval``
-(pycocotools), with the TF Object Detection API's semantics for
-``ssdlite_mobilenet_v3_large_320x320_coco``; synthetic detection scenes are
-``mobilenet_tf.data.shapes.synthetic_detection``. The COCO input pipeline, the
-recipe and TFLite export with postprocessing are issue 5's remaining work.
+    >>> from mobilenet_tf.heads import ssdlite
+    >>> model = ssdlite.build_ssdlite(backbone="v3_large", num_classes=91, input_size=320)
+    >>> detector = ssdlite.build_inference_model(model)  # images -> boxes, scores, classes, num_detections
+
+Modules: ``model`` (backbone + extra layers + predictors), ``anchors``,
+``box_coder``, ``matcher`` (target assignment), ``losses`` (focal + smooth L1, hard
+negative mining), ``postprocess`` (decode + NMS, SavedModel and TFLite detectors),
+``data`` (TFDS COCO and synthetic shapes, SSD augmentation, targets in
+``tf.data``), ``coco_eval`` (pycocotools) and ``visualize``, with the TF Object
+Detection API's semantics for ``ssdlite_mobilenet_v3_large_320x320_coco``.
 """
+
+from mobilenet_tf.heads.ssdlite import model  # noqa: F401
+from mobilenet_tf.heads.ssdlite.model import anchors_for, build_ssdlite  # noqa: F401
+from mobilenet_tf.heads.ssdlite.postprocess import build_inference_model  # noqa: F401

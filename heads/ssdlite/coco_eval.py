@@ -21,28 +21,38 @@ def _xywh(box, height, width):
     return [xmin * width, ymin * height, (xmax - xmin) * width, (ymax - ymin) * height]
 
 
-def ground_truth(images, class_names):
+def ground_truth(images, class_names, category_ids=None):
     """COCO dataset dict from per-image dicts with "id", "height", "width", normalised
-    "boxes" (N, 4), "classes" (N,) ids >= 1, "valid" (N,) and optionally "crowd" (N,)."""
+    "boxes" (N, 4), "classes" (N,) ids >= 1, "valid" (N,) and optionally "crowd" (N,)
+    and "area" (N,) (COCO's segment area in pixels; <= 0: the box's area).
+
+    ``category_ids[k]`` is the json id of class ``k`` (default: ``k``).
+    """
+    category_ids = category_ids if category_ids is not None else list(range(len(class_names)))
     annotations = []
     for image in images:
-        crowd = image.get("crowd", np.zeros(len(image["classes"]), bool))
-        for box, cls, valid, is_crowd in zip(image["boxes"], image["classes"], image["valid"], crowd):
+        count = len(image["classes"])
+        crowd, area = image.get("crowd", np.zeros(count, bool)), image.get("area", np.zeros(count))
+        for box, cls, valid, is_crowd, seg_area in zip(image["boxes"], image["classes"], image["valid"], crowd, area):
             if not valid:
                 continue
             xywh = _xywh(box, image["height"], image["width"])
-            annotations.append({"id": len(annotations) + 1, "image_id": int(image["id"]), "category_id": int(cls),
-                                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": int(is_crowd)})
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image["id"]),
+                                "category_id": int(category_ids[int(cls)]), "bbox": xywh,
+                                "area": float(seg_area) if seg_area > 0 else xywh[2] * xywh[3],
+                                "iscrowd": int(is_crowd)})
     return {
         "images": [{"id": int(i["id"]), "height": int(i["height"]), "width": int(i["width"])} for i in images],
         "annotations": annotations,
-        "categories": [{"id": k, "name": name} for k, name in enumerate(class_names) if k > 0],
+        "categories": [{"id": int(category_ids[k]), "name": name} for k, name in enumerate(class_names) if k > 0],
     }
 
 
-def detections(image_id, height, width, boxes, scores, classes, num_detections):
-    """COCO results list for one image's ``postprocess`` output (normalised boxes)."""
-    return [{"image_id": int(image_id), "category_id": int(classes[k]), "score": float(scores[k]),
+def detections(image_id, height, width, boxes, scores, classes, num_detections, category_ids=None):
+    """COCO results list for one image's ``postprocess`` output (normalised boxes);
+    ``category_ids`` maps class ids to json ids (default: identity)."""
+    to_json = (lambda c: int(category_ids[c])) if category_ids is not None else int
+    return [{"image_id": int(image_id), "category_id": to_json(int(classes[k])), "score": float(scores[k]),
              "bbox": _xywh(boxes[k], height, width)} for k in range(int(num_detections))]
 
 

@@ -19,43 +19,35 @@ from mobilenet_tf._keras import keras, layers
 from mobilenet_tf.heads.ssdlite import anchors as anchors_lib
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
-FEATURE_ENDPOINTS = ("C4_expand", "C5")
-BN_MOMENTUM = 0.97  # the reference config's batch_norm decay
+# The stride-16 map: the expansion of the first stride-32 block (V2/V3, the TF OD API's
+# "layer_15/expansion_output"), else the last stride-16 output (V1's Conv2d_11_pointwise).
+FIRST_MAP_ENDPOINTS = ("C4_expand", "C4")
+LAST_MAP_ENDPOINT = "C5"  # stride 32
 CLASS_BIAS_INIT = -4.6  # class_prediction_bias_init: sigmoid(-4.6) = 0.01 prior
-L2 = 4e-5
-
-
-def _bn_relu6(x, name):
-    x = layers.BatchNormalization(epsilon=blocks.BN_EPSILON, momentum=BN_MOMENTUM, name=name + "_bn")(x)
-    return layers.ReLU(6.0, name=name + "_relu6")(x)
-
-
-def _conv(x, filters, name):
-    x = layers.Conv2D(filters, 1, use_bias=False, kernel_regularizer=keras.regularizers.L2(L2 / 2), name=name)(x)
-    return _bn_relu6(x, name)
-
-
-def _depthwise(x, stride, name):
-    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=name)(x)
-    return _bn_relu6(x, name)
+# Training settings of the reference config, applied by the recipe to the whole
+# model (``schedules.add_weight_decay`` / ``configure_batchnorm``), not built in.
+WEIGHT_DECAY = 4e-5  # l2_regularizer weight
+BN_MOMENTUM = 0.97  # batch_norm decay (epsilon 1e-3 is blocks.BN_EPSILON)
 
 
 def extra_layers(x, depths=EXTRA_DEPTHS):
     """SSDLite's extra feature maps: [1x1 d/2, 3x3 depthwise /2, 1x1 d] per depth."""
     maps = []
     for i, depth in enumerate(depths, start=1):
-        x = _conv(x, depth // 2, f"extra{i}_reduce")
-        x = _depthwise(x, 2, f"extra{i}_dw")
-        x = _conv(x, depth, f"extra{i}_expand")
+        name = f"extra{i}"
+        x = blocks.conv_bn_act(x, depth // 2, 1, 1, "relu6", f"{name}_reduce", f"{name}_reduce_bn",
+                               f"{name}_reduce_relu6")
+        x = blocks.depthwise_bn_act(x, 3, 2, 1, "relu6", f"{name}_dw", f"{name}_dw_bn", f"{name}_dw_relu6")
+        x = blocks.conv_bn_act(x, depth, 1, 1, "relu6", f"{name}_expand", f"{name}_expand_bn",
+                               f"{name}_expand_relu6")
         maps.append(x)
     return maps
 
 
 def predictor(x, boxes_per_location, outputs_per_box, name, bias_init=0.0):
     """3x3 depthwise + BN + ReLU6, then a 1x1 conv: (B, H, W, C) -> (B, H * W * boxes, outputs)."""
-    y = _depthwise(x, 1, name + "_dw")
+    y = blocks.depthwise_bn_act(x, 3, 1, 1, "relu6", f"{name}_dw", f"{name}_dw_bn", f"{name}_dw_relu6")
     y = layers.Conv2D(boxes_per_location * outputs_per_box, 1, name=name + "_conv",
-                      kernel_regularizer=keras.regularizers.L2(L2 / 2),
                       bias_initializer=keras.initializers.Constant(bias_init))(y)
     return layers.Reshape((-1, outputs_per_box), name=name + "_flat")(y)
 
@@ -66,8 +58,8 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
     """SSDLite on a registry backbone.
 
     Args:
-        backbone: a registry name with "C4_expand" and "C5" endpoints (v2,
-            v3_large, v3_small and their minimalistic forms).
+        backbone: a registry name with stride-16 and stride-32 endpoints: v2,
+            v3_large, v3_small (first map "C4_expand") and v1 ("C4"), any alpha.
         num_classes: class logits including the background column 0 (91 for COCO).
         input_size: square input side (320 in the reference config).
         alpha: backbone width multiplier.
@@ -95,11 +87,13 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
     if mobilenet_tf.registry.accepts(backbone, "reduced_tail"):
         options["reduced_tail"] = reduced_tail
     features = mobilenet_tf.build(entry.name, **options)
-    missing = [key for key in FEATURE_ENDPOINTS if key not in features.output]
-    if missing:
-        raise ValueError(f"SSDLite needs backbone endpoints {FEATURE_ENDPOINTS}; {backbone!r} lacks {missing} "
-                         "(use v2, v3_large or v3_small).")
-    maps = [features.output[key] for key in FEATURE_ENDPOINTS]
+    maps = [features.output[key] for key in (*FIRST_MAP_ENDPOINTS, LAST_MAP_ENDPOINT) if key in features.output]
+    maps = [maps[0], maps[-1]]
+    expected = [-(-input_size // 16), -(-input_size // 32)]
+    if [m.shape[1] for m in maps] != expected:
+        raise ValueError(f"SSDLite needs stride-16 and stride-32 feature maps ({'/'.join(FIRST_MAP_ENDPOINTS)} and "
+                         f"{LAST_MAP_ENDPOINT}, {expected[0]} and {expected[1]} pixels at input {input_size}); "
+                         f"{backbone!r} gives {[m.shape[1] for m in maps]}. Use v1, v2, v3_large or v3_small.")
     maps += extra_layers(maps[-1])
     per_location = anchors_lib.anchors_per_location(anchor_spec)
     if len(per_location) != len(maps):

@@ -2,7 +2,7 @@
 
 Label 0 is the background; object class ``k`` (1..K) is a shape (disc, square,
 triangle: ``(k - 1) % 3``) in its own hue band. Every scene draws 1-4 objects
-with random size (radius 12-30% of the image), position (objects may be cut by
+(detection: 1-6) with random size (radius 12-30% of the image; detection 6-25%), position (objects may be cut by
 the border and overlap; later ones occlude earlier ones), exact hue, saturation,
 brightness and stripe texture, on a low-saturation textured background, plus
 pixel noise. All from a seed derived from the example's index: reproducible,
@@ -22,9 +22,9 @@ def class_names(num_classes):
     return ["background"] + [f"{SHAPES[(k - 1) % len(SHAPES)]}_hue{k - 1}" for k in range(1, num_classes)]
 
 
-def render_scene(image_size, num_classes, seed):
+def render_scene(image_size, num_classes, seed, max_objects=MAX_OBJECTS, radius_range=(0.12, 0.30)):
     """One scene as a dict: "image" uint8 (S, S, 3), "label" uint8 (S, S, 1) in
-    [0, num_classes), and per object slot (``MAX_OBJECTS``) "boxes" float32 (4,)
+    [0, num_classes), and per object slot (``max_objects``) "boxes" float32 (4,)
     normalised [ymin, xmin, ymax, xmax] around its visible pixels, "classes" int32,
     "valid" bool (False for unused slots and fully occluded objects)."""
     seeds = tf.random.experimental.stateless_split(seed, 12)
@@ -40,12 +40,12 @@ def render_scene(image_size, num_classes, seed):
     label = tf.zeros((image_size, image_size), tf.int32)
     instance = tf.fill((image_size, image_size), -1)
 
-    num_objects = tf.random.stateless_uniform((), seeds[6], 1, MAX_OBJECTS + 1, dtype=tf.int32)
-    classes = tf.random.stateless_uniform((MAX_OBJECTS,), seeds[7], 1, num_classes, dtype=tf.int32)
-    centres = uniform(8, (MAX_OBJECTS, 2), 0.1, 0.9)
-    radii = uniform(9, (MAX_OBJECTS,), 0.12, 0.30)
-    looks = uniform(10, (MAX_OBJECTS, 5))  # hue jitter, saturation, value, stripe frequency, stripe phase
-    for i in range(MAX_OBJECTS):
+    num_objects = tf.random.stateless_uniform((), seeds[6], 1, max_objects + 1, dtype=tf.int32)
+    classes = tf.random.stateless_uniform((max_objects,), seeds[7], 1, num_classes, dtype=tf.int32)
+    centres = uniform(8, (max_objects, 2), 0.1, 0.9)
+    radii = uniform(9, (max_objects,), *radius_range)
+    looks = uniform(10, (max_objects, 5))  # hue jitter, saturation, value, stripe frequency, stripe phase
+    for i in range(max_objects):
         k = classes[i]
         du, dv, r = u - centres[i, 0], v - centres[i, 1], radii[i]
         shape = (k - 1) % len(SHAPES)
@@ -63,7 +63,7 @@ def render_scene(image_size, num_classes, seed):
     image += tf.random.stateless_normal(tf.shape(image), seeds[11], stddev=0.04)
     image = tf.cast(tf.clip_by_value(image, 0.0, 1.0) * 255.0 + 0.5, tf.uint8)
     boxes, valid = [], []
-    for i in range(MAX_OBJECTS):
+    for i in range(max_objects):
         visible = instance == i
         rows = tf.where(tf.reduce_any(visible, axis=1))[:, 0]
         cols = tf.where(tf.reduce_any(visible, axis=0))[:, 0]
@@ -94,16 +94,18 @@ def synthetic_segmentation(num_examples, image_size=128, num_classes=5, seed=0):
     return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def synthetic_detection(num_examples, image_size=128, num_classes=5, seed=0):
-    """``tf.data.Dataset`` of ``(image uint8 (S, S, 3), {"boxes": (MAX_OBJECTS, 4),
-    "classes": (MAX_OBJECTS,) in [1, num_classes), "valid": (MAX_OBJECTS,)})``: the
-    same scenes, boxes around each object's visible pixels (COCO-style class ids,
-    0 = background)."""
+def synthetic_detection(num_examples, image_size=128, num_classes=5, seed=0, max_objects=6,
+                        radius_range=(0.06, 0.25)):
+    """``tf.data.Dataset`` of ``(image uint8 (S, S, 3), {"boxes": (max_objects, 4),
+    "classes": (max_objects,) in [1, num_classes), "valid": (max_objects,)})``: the
+    same kind of scenes with 1-6 smaller objects, boxes around each object's visible
+    pixels (COCO-style class ids, 0 = background)."""
     if num_classes < 2 or num_classes > 255:
         raise ValueError(f"`num_classes` must be in [2, 255] (background + at least one shape); got {num_classes}.")
 
     def make(index):
-        scene = render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
+        scene = render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]), max_objects,
+                             radius_range)
         return scene["image"], {key: scene[key] for key in ("boxes", "classes", "valid")}
 
     return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

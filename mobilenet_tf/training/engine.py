@@ -216,7 +216,8 @@ def run_training(
     Args:
         build: ``() -> (model, optimizer, loss, metrics)``, called inside the
             strategy's scope. ``loss`` takes (y_true, y_pred) and returns one value
-            per example; ``metrics`` are Keras metric objects.
+            per example, or is a dict of such losses keyed like the model's
+            outputs (summed); ``metrics`` are Keras metric objects.
         train_ds: repeated, batched by the *global* batch size.
         eval_ds: batched evaluation data (finite) for ``metrics``, or None.
         epochs, steps_per_epoch, eval_steps: loop lengths.
@@ -279,7 +280,7 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
     def train_step(x, y):
         with tf.GradientTape() as tape:
             predictions = model(x, training=True)
-            per_example = loss_fn(y, predictions)
+            per_example = _per_example_loss(loss_fn, y, predictions)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -344,6 +345,14 @@ def _custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, 
         optimizer.finalize_variable_values(model.trainable_variables)
     shutil.rmtree(manager.directory, ignore_errors=True)  # finished: like BackupAndRestore, drop the backup
     return model, read_history(RunDir(worker_dir))
+
+
+def _per_example_loss(loss, y, predictions):
+    """(B,) loss values: ``loss`` is a callable or a dict of them keyed like the
+    model's outputs (summed); Keras ``Loss`` objects are called unreduced."""
+    if isinstance(loss, dict):
+        return tf.add_n([_per_example_loss(fn, y[key], predictions[key]) for key, fn in loss.items()])
+    return loss.call(y, predictions) if isinstance(loss, keras.losses.Loss) else loss(y, predictions)
 
 
 def _swap_ema(model, optimizer):

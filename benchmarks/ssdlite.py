@@ -1,0 +1,94 @@
+"""SSDLite end-to-end detection latency: Keras vs TFLite side by side in one run.
+
+    python benchmarks/ssdlite.py                       # V3-Large and V3-Small, 91 classes, 320
+    python benchmarks/ssdlite.py --backbones v2 --threads 4 --repeats 20
+
+Batch 1, end to end: a 480x640 uint8 camera frame is resized to 320x320 (the same
+``tf.image.resize`` for both), then the network, decoding and NMS. Keras runs all of
+it as one ``tf.function`` (``combined_non_max_suppression``); TFLite runs the
+detector file of ``deploy.to_tflite_detector`` (the ``TFLite_Detection_PostProcess``
+op) with ``--threads`` threads and XNNPACK. Both are timed in alternating rounds.
+
+Weights are random, so the score threshold decides how much work NMS gets: 1e-8
+(COCO evaluation: every anchor's scores pass, the worst case) and 0.3 (display:
+with the -4.6 class prior no random score passes, so NMS is nearly free). int8 is
+timed at 0.3 after them.
+"""
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mobilenet_tf  # noqa: E402
+from mobilenet_tf import benchmark  # noqa: E402
+from mobilenet_tf.heads import ssdlite  # noqa: E402
+from mobilenet_tf.heads.ssdlite import deploy, postprocess  # noqa: E402
+
+FRAME = (480, 640)
+
+
+def keras_pipeline(model, size, threshold):
+    detector = postprocess.build_inference_model(model, score_threshold=threshold)
+
+    @tf.function
+    def detect(frame):
+        return detector(tf.image.resize(tf.cast(frame, tf.float32)[None], (size, size)))["num_detections"]
+
+    return lambda frame: detect(frame).numpy()
+
+
+def tflite_pipeline(path, size, threads):
+    detector = deploy.TFLiteDetector(path, threads=threads)
+    resize = tf.function(lambda frame: tf.image.resize(tf.cast(frame, tf.float32)[None], (size, size)))
+    return lambda frame: detector(resize(frame).numpy())["num_detections"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="v3_large,v3_small")
+    parser.add_argument("--num-classes", type=int, default=91)
+    parser.add_argument("--input-size", type=int, default=320)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and timing")
+    args = parser.parse_args(argv)
+
+    size = args.input_size
+    frame = np.random.default_rng(0).integers(0, 256, (*FRAME, 3), dtype=np.uint8)
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, TFLite threads {args.threads}, batch 1, "
+          f"{FRAME[0]}x{FRAME[1]} frame -> {size}x{size}, {args.num_classes} classes\n")
+    print("| backbone | params | MAdds | score threshold | Keras ms | TFLite fp32 ms | Keras / TFLite "
+          "| TFLite int8 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for backbone in args.backbones.split(","):
+            model = ssdlite.build_ssdlite(backbone, num_classes=args.num_classes, input_size=size)
+            profile = mobilenet_tf.profile(model)
+            for threshold in (1e-8, 0.3):
+                path = deploy.to_tflite_detector(model, os.path.join(tmp, f"{backbone}.tflite"),
+                                                 score_threshold=threshold)
+                keras_s, tflite_s = benchmark.median_seconds(
+                    [keras_pipeline(model, size, threshold), tflite_pipeline(path, size, args.threads)], frame,
+                    args.repeats)
+                int8_ms = "-"
+                if threshold == 0.3 and not args.no_int8:
+                    calibration = [np.random.default_rng(i).uniform(0, 255, (1, size, size, 3)).astype("float32")
+                                   for i in range(4)]
+                    int8_path = deploy.to_tflite_detector(model, os.path.join(tmp, f"{backbone}_int8.tflite"),
+                                                          "int8", calibration, score_threshold=threshold)
+                    (int8_s,) = benchmark.median_seconds([tflite_pipeline(int8_path, size, args.threads)], frame,
+                                                         args.repeats)
+                    int8_ms = f"{int8_s * 1e3:.1f}"
+                print(f"| {backbone} | {profile.params / 1e6:.2f}M | {profile.madds / 1e9:.3f}B | {threshold:g} "
+                      f"| {keras_s * 1e3:.1f} | {tflite_s * 1e3:.1f} | {keras_s / tflite_s:.2f} | {int8_ms} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Deployable detectors: a SavedModel and a TFLite file with decoding and NMS inside.
+
+    (1, S, S, 3) float32 pixels in [0, 255] -> network -> [sigmoid, decode, clip]
+        -> TFLite_Detection_PostProcess (per-class NMS) -> boxes (1, K, 4),
+           scores (1, K), classes (1, K) ids >= 1, num_detections (1,)
+
+``combined_non_max_suppression`` is not a TFLite builtin (through Flex it converts,
+but the pip interpreter, like a phone without the select-ops library, cannot run
+it), so the TFLite file uses the custom op ``TFLite_Detection_PostProcess``, which
+every TFLite runtime registers. As in the TF Object Detection API
+(``export_tflite_graph_lib_tf2``), the graph calls an empty ``tf.function`` whose
+``experimental_implements`` names the op and its attributes; the converter swaps
+the call for the op. It needs the SavedModel path (``keras.export.ExportArchive``,
+what ``model.export()`` uses): ``from_concrete_functions`` inlines the empty body,
+and ``tf.saved_model.save`` of a module holding a Keras 3 model leaves the weights
+unfrozen (NaN outputs).
+
+What the op imposes, and how it is met here:
+- batch size 1 only: the TFLite input is (1, S, S, 3);
+- it decodes but never clips, while ``postprocess`` clips to [0, 1] before NMS: the
+  graph decodes and clips itself and hands the op codes that decode back to exactly
+  those boxes (unit anchors, unit scales: ``_unit_codes``);
+- scores go in already converted (sigmoid / softmax), with the background column;
+  its class ids come out 0-based without background: we add 1;
+- regular (per-class) NMS run with 1 < T < classes threads never processes class
+  column T (tensorflow/tensorflow#56058, unfixed in TF 2.21: with 2 threads class 3
+  vanished): zero-score dummy columns fill the op's columns 2..8 and are mapped away,
+  so any interpreter of up to ``THREAD_SAFE_UP_TO`` threads is complete;
+- slots past num_detections are left uninitialised by the op: zeroed.
+int8 quantizes the network only; the postprocess (decode, log, sigmoid) stays
+float, or scores collapse to 1/256 steps.
+"""
+
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_tf import export
+from mobilenet_tf._keras import keras
+from mobilenet_tf.heads.ssdlite import box_coder, model as model_lib, postprocess
+
+THREAD_SAFE_UP_TO = 8
+POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
+# Ops only the postprocess uses (the network has none): kept float in int8 files too,
+# since fused tensor names do not always keep the scope.
+FLOAT_ONLY_OPS = ["LOGISTIC", "SOFTMAX", "UNPACK", "PACK", "LOG", "EXP", "MINIMUM", "MAXIMUM", "STRIDED_SLICE",
+                  "SELECT_V2", "SELECT"]
+
+
+def _export_archive(model, fn, input_spec, path):
+    """SavedModel of ``fn`` (serving_default) tracking ``model``'s weights."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", fn, input_signature=[input_spec])
+    archive.write_out(path, verbose=False)
+
+
+def save_detector(model, path, score_threshold=1e-8, activation="sigmoid"):
+    """SavedModel: "images" (B, S, S, 3) float32 in [0, 255] -> boxes, scores, classes,
+    num_detections (``postprocess`` with ``combined_non_max_suppression``)."""
+    detector = postprocess.build_inference_model(model, score_threshold, activation)
+    _export_archive(model, detector._postprocessed,
+                    tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"), path)
+    return path
+
+
+def _implements_signature(num_classes, max_detections, score_threshold, iou_threshold):
+    """The op's name and attributes; ``num_classes`` without background. Floats keep
+    full precision (``%f`` would turn a 1e-8 threshold into 0)."""
+    ints = dict(max_detections=max_detections, max_classes_per_detection=1, detections_per_class=max_detections,
+                num_classes=num_classes)
+    floats = dict(nms_score_threshold=score_threshold, nms_iou_threshold=iou_threshold, y_scale=1.0, x_scale=1.0,
+                  h_scale=1.0, w_scale=1.0)
+    attrs = ['name: "TFLite_Detection_PostProcess"', 'attr { key: "use_regular_nms" value { b: true } }']
+    attrs += [f'attr {{ key: "{key}" value {{ i: {int(value)} }} }}' for key, value in ints.items()]
+    attrs += [f'attr {{ key: "{key}" value {{ f: {float(value)!r} }} }}' for key, value in floats.items()]
+    return " ".join(attrs)
+
+
+def _unit_codes(boxes):
+    """Corner boxes -> codes that the op decodes back to the same boxes against anchor
+    [0, 0, 1, 1] (center-size) with scales 1: [yc, xc, log h, log w]."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return tf.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, tf.math.log(ymax - ymin), tf.math.log(xmax - xmin)],
+                    axis=-1)
+
+
+class _TFLiteGraph:
+    """The traced graph the converter turns into a detector (before conversion the op's
+    stand-in returns zeros: only the .tflite computes detections)."""
+
+    def __init__(self, model, score_threshold, activation):
+        if score_threshold <= 0:
+            raise ValueError(f"`score_threshold` must be > 0 (the op keeps scores >= it); got {score_threshold}.")
+        self.model, self.activation = model, activation
+        self.anchors = tf.constant(model_lib.anchors_for(model))
+        self.unit_anchors = tf.constant(np.tile(np.float32([[0, 0, 1, 1]]), (self.anchors.shape[0], 1)))
+        num_classes = model.output["classes"].shape[-1] - 1  # without background
+        self.dummy_columns = THREAD_SAFE_UP_TO - 1 if num_classes > 2 else 0
+        self.max_detections = postprocess.MAX_DETECTIONS
+        k = self.max_detections
+
+        @tf.function(experimental_implements=_implements_signature(
+            num_classes + self.dummy_columns, k, score_threshold, postprocess.IOU_THRESHOLD))
+        def detection_postprocess(box_encodings, class_predictions, anchors):
+            return (tf.zeros((1, k, 4)), tf.zeros((1, k)), tf.zeros((1, k)), tf.zeros((1,)))
+
+        self.op = detection_postprocess
+        self.input_spec = tf.TensorSpec((1, *model.input_shape[1:]), tf.float32, name="images")
+
+    def __call__(self, images):
+        outputs = self.model(images, training=False)
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            boxes = tf.clip_by_value(box_coder.decode(outputs["boxes"], self.anchors), 0.0, 1.0)
+            logits = tf.cast(outputs["classes"], tf.float32)
+            scores = tf.sigmoid(logits) if self.activation == "sigmoid" else tf.nn.softmax(logits)
+            if self.dummy_columns:  # [background, class 1, class 2, dummies, class 3, ...]
+                zeros = [tf.zeros_like(scores[..., :1])] * self.dummy_columns
+                scores = tf.concat([scores[..., :3], *zeros, scores[..., 3:]], axis=-1)
+            boxes, classes, scores, num = self.op(_unit_codes(boxes), scores, self.unit_anchors)
+            if self.dummy_columns:
+                classes = tf.where(classes >= 2.0, classes - float(self.dummy_columns), classes)
+            valid = tf.range(self.max_detections, dtype=tf.float32)[None] < num[:, None]
+            return {"boxes": tf.where(valid[..., None], boxes, 0.0), "scores": tf.where(valid, scores, 0.0),
+                    "classes": tf.where(valid, classes + 1.0, 0.0), "num_detections": num}
+
+
+def _postprocess_tensor_names(flatbuffer):
+    interpreter = tf.lite.Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return sorted({t["name"] for t in interpreter.get_tensor_details()
+                   if any(part.startswith(POSTPROCESS_SCOPE + "/") for part in t["name"].split(";"))})
+
+
+def to_tflite_detector(model, path, quantization=None, representative_images=None, score_threshold=1e-8,
+                       activation="sigmoid", calibration_steps=100):
+    """Write a detection ``.tflite``: "images" (1, S, S, 3) float32 in [0, 255] ->
+    boxes (1, 100, 4), scores (1, 100), classes (1, 100) float ids >= 1 (0 = empty
+    slot), num_detections (1,).
+
+    Args:
+        model: a ``build_ssdlite`` model.
+        quantization: None (float32) or "int8" (full-integer network, float
+            postprocess; needs ``representative_images``: (1, S, S, 3) batches).
+    """
+    if quantization not in (None, "fp32", "int8"):
+        raise ValueError(f"`quantization` must be None, 'fp32' or 'int8'; got {quantization!r}.")
+    if quantization == "int8" and representative_images is None:
+        raise ValueError("`quantization='int8'` needs `representative_images`.")
+    graph = _TFLiteGraph(model, score_threshold, activation)
+    calibration = export.calibration_generator(representative_images, calibration_steps)
+    with tempfile.TemporaryDirectory() as saved_model:
+        _export_archive(model, graph, graph.input_spec, saved_model)
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
+        if quantization == "int8":
+            # Calibrate with the converter, then re-quantize with the postprocess tensors
+            # denylisted (the experimental QuantizationDebugger is the public way to do it).
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = calibration
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_nodes=_postprocess_tensor_names(flatbuffer), denylisted_ops=FLOAT_ONLY_OPS)
+            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration,
+                                                                 debug_options=options)
+            flatbuffer = debugger.get_nondebug_quantized_model()
+    return export.write_file(path, flatbuffer)
+
+
+class TFLiteDetector:
+    """A detection ``.tflite`` as a callable: (1, S, S, 3) -> dict of numpy arrays, classes
+    as int32 ids (>= 1), num_detections as (1,) int32; read by output name."""
+
+    def __init__(self, path, threads=2):
+        if threads > THREAD_SAFE_UP_TO:
+            raise ValueError(f"`threads` must be <= {THREAD_SAFE_UP_TO} (see THREAD_SAFE_UP_TO); got {threads}.")
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+
+    def __call__(self, images):
+        out = self.runner(images=np.asarray(images, np.float32))
+        return {"boxes": out["boxes"], "scores": out["scores"], "classes": out["classes"].astype(np.int32),
+                "num_detections": np.asarray(out["num_detections"]).astype(np.int32).reshape(-1)}
+
+    def op_counts(self):
+        counts = {}
+        for op in self.interpreter._get_ops_details():
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+        return counts

@@ -1,0 +1,110 @@
+"""`python recipes/ssdlite_coco.py` end to end: learning, COCO json, exports, eval-only,
+distribution, the hard-negative-mining loss, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import read_metrics, run_script
+from mobilenet_tf._keras import keras
+from mobilenet_tf.heads import ssdlite
+from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
+
+TINY = ["--alpha", "0.35", "--input-size", "96", "--synthetic-train-examples", "64", "--synthetic-eval-examples",
+        "16", "--global-batch-size", "8", "--verbose", "2"]
+
+
+def recipe(*args, **kwargs):
+    return run_script("recipes/ssdlite_coco.py", *args, **kwargs)
+
+
+def _eval_images(n=8, size=160):
+    ds = data.make_eval_pipeline(data.synthetic_split(False, n, size), input_size=size, batch_size=n)
+    return next(iter(ds))[0].numpy()
+
+
+def test_synthetic_default_learns_and_exports(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics
+    assert metrics["epochs"] == 5 and metrics["backbone"] == "v3_small" and metrics["eval_images"] == 200
+    for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "detections.png", "model.keras",
+                 "saved_model", "detector", "detector_fp32.tflite", "detector_int8.tflite"):
+        assert (run_dir / name).exists(), name
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert "val_map50" in history[0] and len(history) == 6
+
+    # detections.json is COCO results json: pycocotools re-scores it to the same AP.
+    gt = json.loads((run_dir / "ground_truth.json").read_text())
+    detections = json.loads((run_dir / "detections.json").read_text())
+    assert len(detections) == metrics["detections"] > 0
+    assert coco_eval.evaluate(gt, detections)["map"] == pytest.approx(metrics["map"])
+
+    # The SavedModel detector (NMS in the graph) gives the Keras detections.
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    images = _eval_images()
+    expected = {k: v.numpy() for k, v in ssdlite.build_inference_model(model)(images).items()}
+    served = tf.saved_model.load(str(run_dir / "detector")).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
+    np.testing.assert_allclose(served["boxes"].numpy(), expected["boxes"], atol=1e-5)
+    np.testing.assert_array_equal(served["classes"].numpy(), expected["classes"])
+
+    # TFLite fp32 detections equal the Keras ones at the display threshold; int8 finds
+    # mostly the same objects.
+    display = {k: v.numpy() for k, v in ssdlite.build_inference_model(model, score_threshold=0.3)(images).items()}
+    fp32 = deploy.TFLiteDetector(str(run_dir / "detector_fp32.tflite"))
+    int8 = deploy.TFLiteDetector(str(run_dir / "detector_int8.tflite"))
+    matched_int8 = total = 0
+    for i, image in enumerate(images):
+        got = fp32(image[None])
+        keep = display["scores"][i] >= 0.3
+        theirs = got["scores"][0] >= 0.3
+        assert keep.sum() == theirs.sum() > 0
+        np.testing.assert_allclose(got["boxes"][0][theirs], display["boxes"][i][keep], atol=1e-4)
+        np.testing.assert_allclose(got["scores"][0][theirs], display["scores"][i][keep], atol=1e-4)
+        np.testing.assert_array_equal(got["classes"][0][theirs], display["classes"][i][keep])
+        quantized = int8(image[None])
+        for box, cls in zip(display["boxes"][i][keep], display["classes"][i][keep]):
+            total += 1
+            same = quantized["classes"][0] == cls
+            overlaps = matcher.iou(box[None], quantized["boxes"][0][same]).numpy()[0]
+            matched_int8 += bool(len(overlaps)) and overlaps.max() >= 0.5
+    assert matched_int8 >= 0.7 * total, (matched_int8, total)
+
+    # --eval-only from the best checkpoint reproduces the AP.
+    evaluated = recipe("--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
+                       str(run_dir / "best.weights.h5"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert read_metrics(tmp_path / "eval")["map"] == pytest.approx(max(
+        float(line.split(",")[history[0].split(",").index("val_map")]) for line in history[1:]), abs=1e-6)
+
+
+def test_mirrored_with_hard_negative_mining(tmp_path):
+    proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2", "--loss",
+                  "hard_negative_mining", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["replicas"] == 2 and metrics["epochs"] == 1 and metrics["loss"] == "hard_negative_mining"
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    header, row = history[0].split(","), history[1].split(",")
+    assert np.isfinite(float(row[header.index("loss")]))
+    assert float(row[header.index("val_map")]) == pytest.approx(metrics["map"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "v5"], "unknown model name 'v5'"),
+    (["--backbone", "squeezenet1_1"], "stride-16 and stride-32 feature maps"),
+    (["--input-size", "32"], "`input_size` must be an integer >= 64"),
+    (["--eval-only"], "needs --weights"),
+    (["--weights", "nowhere.weights.h5"], "is not a file"),
+    (["--tflite", "int4"], "`--tflite` formats"),
+    (["--synthetic-classes", "1"], "`--synthetic-classes` must be in [2, 255]"),
+])
+def test_bad_input_fails_before_training(args, message, tmp_path):
+    proc = recipe(*args, "--output-dir", str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
