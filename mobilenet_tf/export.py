@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8", "qat")
 
 
 def to_tflite(model, path, quantization=None, representative_data=None, calibration_steps=100):
@@ -22,7 +22,9 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         path: output file.
         quantization: None (float32), "float16" (fp16 weights), "dynamic"
             (int8 weights, float activations) or "int8" (full-integer kernels
-            calibrated on ``representative_data``; float32 input and output).
+            calibrated on ``representative_data``; float32 input and output) or
+            "qat" (a quantization-aware model from ``compress.quantize_aware``:
+            int8 from the ranges its fake-quant nodes learned, no calibration).
         representative_data: for "int8": an iterable of input batches (numpy or
             tensors of the model's input shape), e.g. a ``tf.data`` of images.
         calibration_steps: at most this many batches are used for calibration.
@@ -35,7 +37,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
     with tempfile.TemporaryDirectory() as saved_model:
         model.export(saved_model, verbose=False) if _is_keras3(model) else tf.saved_model.save(model, saved_model)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        if quantization is not None:
+        if quantization is not None:  # "qat": DEFAULT alone turns fake-quant ranges into int8
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]

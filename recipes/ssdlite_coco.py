@@ -62,12 +62,12 @@ class Config(config_lib.RunOptions):
     dataset: Optional[str] = field(None, "synthetic | coco/2017 | coco/2014 (default: coco/2017 with --data-dir, "
                                          "else synthetic)", choices=["synthetic", *data.COCO_DATASETS])
     data_dir: Optional[str] = field(None, "TFDS data dir (COCO downloads itself there)")
-    input_size: Optional[int] = field(None, "square input side (default 320; synthetic 192)")
+    input_size: Optional[int] = field(None, "square input side (default 320; synthetic 160)")
     loss: str = field("focal", "focal (V3 config: sigmoid focal + smooth L1) | hard_negative_mining (SSD / V2 "
                                "paper: softmax with 3:1 negatives)", choices=list(losses.LOSSES))
     zoom_out: bool = field(False, "SSD's zoom-out (expansion) augmentation, for small objects")
     colour_jitter: bool = field(False, "SSD's photometric distortions")
-    epochs: Optional[int] = field(None, "epochs (default: 400k steps at batch 512 = 1731 COCO epochs; synthetic 6)")
+    epochs: Optional[int] = field(None, "epochs (default: 400k steps at batch 512 = 1731 COCO epochs; synthetic 5)")
     steps_per_epoch: Optional[int] = field(None, "default: training images / global batch")
     global_batch_size: Optional[int] = field(None, "batch over all replicas (default 64; synthetic 32)")
     learning_rate: Optional[float] = field(None, "peak lr at batch 512, scaled to --global-batch-size "
@@ -165,7 +165,8 @@ class COCOEvaluator:
 def build_model(config, num_classes, backbone_weights=None):
     return ssdlite.build_ssdlite(config.backbone, num_classes=num_classes, input_size=config.input_size,
                                  alpha=config.alpha, reduced_tail=config.reduced_tail,
-                                 backbone_weights=backbone_weights)
+                                 backbone_weights=backbone_weights, weight_decay=config.weight_decay,
+                                 bn_momentum=config.bn_momentum)
 
 
 def learning_rate_schedule(config, steps_per_epoch):
@@ -196,8 +197,6 @@ def main(config):
         model = build_model(config, num_classes, config.backbone_weights)
         if config.weights:
             model.load_weights(config.weights)
-        schedules.add_weight_decay(model, config.weight_decay)
-        schedules.configure_batchnorm(model, momentum=config.bn_momentum)
         optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum)
         loss = {"boxes": losses.BoxLoss(), "classes": losses.ClassLoss(config.loss)}
         return model, optimizer, loss, []

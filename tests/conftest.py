@@ -62,3 +62,12 @@ def run_script(script, *args, env=None, timeout=900, wait=True):
 
 def read_metrics(run_dir):
     return json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
+
+
+def run_legacy_keras(script, timeout=600):
+    """Run a Python ``script`` under tf_keras (TF_USE_LEGACY_KERAS=1, as TFMOT needs) in a
+    fresh process; it prints ``RESULT`` + json, returned parsed."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("RESULT", 1)[1])

@@ -1,12 +1,9 @@
 """The same builders under tf_keras (TF_USE_LEGACY_KERAS=1), as tensorflow-model-optimization needs."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import mobilenet_tf
+from conftest import run_legacy_keras
 
 SCRIPT = textwrap.dedent("""
     import json, os, tempfile
@@ -46,10 +43,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_builders_run_under_tf_keras():
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    result = run_legacy_keras(SCRIPT)
     for name, params in result["params"].items():
         assert params == mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10).count_params(), name
     assert result["endpoints"] == {"C1": [64, 64, 16], "C2": [32, 32, 24], "C3": [16, 16, 40],

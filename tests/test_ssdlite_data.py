@@ -51,14 +51,34 @@ def test_clean_boxes_clips_drops_and_counts():
         next(iter(ds))
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_ssd_crop_keeps_boxes_on_their_pixels(seed):
-    tf.random.set_seed(seed)
+def test_a_recipe_reports_a_data_check_failing_in_tf_data_as_bad_input(capsys):
+    from mobilenet_tf.training import engine
+    from mobilenet_tf.training.config import RunOptions
+
+    def main(config):
+        ds = tf.data.Dataset.from_tensors(tf.constant([[0.1, 0.1, 0.3, 0.3]])).map(
+            lambda b: data.clean_boxes(b, tf.constant([7]), tf.constant([True]), 5)[1])
+        next(iter(ds))
+
+    with pytest.raises(SystemExit) as exit_info:
+        engine.recipe_main(main, RunOptions, argv=[])
+    assert exit_info.value.code == 2
+    assert "error: bad input data: object class ids must be in [1, 5)" in capsys.readouterr().err
+
+
+def test_ssd_crop_keeps_boxes_on_their_pixels():
     box = [0.3, 0.35, 0.7, 0.6]
-    image, boxes, valid = data.random_ssd_crop(tf.constant(_box_image(box)), tf.constant([box]), tf.constant([True]))
-    assert image.shape[0] >= 0.3 * 120 - 1 and image.shape[1] >= 0.3 * 160 - 1
-    if bool(valid[0]):  # kept: its centre is in the patch, and the box still sits on the object
-        _assert_box_on_pixels(image, boxes[0])
+    crops = 0
+    for seed in range(24):
+        image, boxes, valid = data.random_ssd_crop(tf.constant(_box_image(box)), tf.constant([box]),
+                                                   tf.constant([True]), seed=seed)
+        assert image.shape[0] >= 0.3 * 120 - 1 and image.shape[1] >= 0.3 * 160 - 1
+        aspect = image.shape[1] / image.shape[0]
+        assert 0.5 - 0.05 <= aspect <= 2.0 + 0.05 or image.shape[:2] == (120, 160)  # pixel aspect 1/2..2
+        crops += image.shape[:2] != (120, 160)
+        assert bool(valid[0])  # a single object: a crop must contain its centre
+        _assert_box_on_pixels(image, boxes[0])  # and the box still sits on the object
+    assert crops >= 6, crops
 
 
 def test_ssd_crop_samples_patches_and_respects_the_iou_choice():
@@ -84,15 +104,15 @@ def test_ssd_crop_samples_patches_and_respects_the_iou_choice():
 
 
 def test_zoom_out_and_flip_move_boxes_with_pixels():
-    tf.random.set_seed(3)
     box = [0.2, 0.1, 0.5, 0.4]
-    zoomed = 0
-    for _ in range(6):
-        image, boxes = data.random_zoom_out(tf.constant(_box_image(box)), tf.constant([box]))
-        zoomed += image.shape[0] > 120
+    scales = []
+    for seed in range(16):
+        image, boxes = data.random_zoom_out(tf.constant(_box_image(box)), tf.constant([box]), seed=seed)
+        scales.append(image.shape[0] / 120)
         shifted = np.asarray(image) - data.MEAN_PIXEL  # the canvas is the mean pixel
         _assert_box_on_pixels(np.where(shifted > 1, 255.0, 0.0), boxes[0])
-    assert zoomed >= 1
+    # About half keep the image; the others spread over 1..4 (seeded ops must not share draws).
+    assert 3 <= scales.count(1.0) <= 13 and max(scales) > 2.5, scales
     image, boxes = data.flip_left_right(tf.constant(_box_image(box)), tf.constant([box]))
     _assert_box_on_pixels(image, boxes[0])
     np.testing.assert_allclose(boxes[0], [0.2, 0.6, 0.5, 0.9], atol=1e-6)

@@ -1,10 +1,13 @@
 """SSDLite model sizes, losses and postprocessing (issue 5, second part): hand-made cases."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import mobilenet_tf
+from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.ssdlite import anchors, box_coder, losses, matcher, model as ssd, postprocess
 
 # V3 paper Table 6 ("dagger": reduced tail), V2 paper Table 6: params (conv), MAdds at 320, 91 classes.
@@ -30,6 +33,17 @@ def test_other_input_sizes_get_their_own_anchors():
     assert out["boxes"].shape[1] == len(ssd.anchors_for(model)) == 16 * 16 * 3 + (64 + 16 + 4 + 1 + 1) * 6
     # The class bias starts at -4.6: every sigmoid score near 0.01.
     assert np.allclose(tf.sigmoid(out["classes"]).numpy().mean(), 0.01, atol=0.005)
+
+
+def test_reference_weight_decay_and_batchnorm_momentum_are_built_in():
+    model = ssd.build_ssdlite("v3_small", num_classes=3, input_size=96, alpha=0.35)
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.97}
+    regularised = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+                   and not isinstance(layer, keras.layers.DepthwiseConv2D) and layer.kernel.regularizer is not None]
+    assert "box_predictor0_conv" in regularised and "extra1_reduce" in regularised and len(model.losses) == len(regularised)
+    bare = ssd.build_ssdlite("v3_small", num_classes=3, input_size=96, alpha=0.35, weight_decay=0.0, bn_momentum=0.9)
+    assert not bare.losses
 
 
 def test_v1_uses_its_stride_16_and_32_outputs():
@@ -158,3 +172,33 @@ def test_tflite_detector_has_the_custom_nms_op_and_checks_arguments(tmp_path):
     assert out["classes"][0, :num].min() >= 1 and out["classes"][0, :num].max() <= 5  # ids 1..C-1
     assert np.all(out["scores"][0, num:] == 0) and np.all(out["boxes"][0, num:] == 0)  # empty slots zeroed
     assert np.all((out["boxes"] >= 0) & (out["boxes"] <= 1))
+
+
+OFF_IMAGE_INT8 = """
+import numpy as np
+from mobilenet_tf.heads import ssdlite
+from mobilenet_tf.heads.ssdlite import deploy
+model = ssdlite.build_ssdlite("v3_small", num_classes=4, input_size=96, alpha=0.35)
+for i in range(6):  # every box centre 50 anchor heights below its anchor: clipped to nothing
+    layer = model.get_layer(f"box_predictor{i}_conv")
+    kernel, bias = layer.get_weights()
+    bias = bias.reshape(-1, 4)
+    bias[:, 0] = 500.0
+    layer.set_weights([kernel * 0, bias.reshape(-1)])
+images = [np.random.default_rng(k).uniform(0, 255, (1, 96, 96, 3)).astype("float32") for k in range(4)]
+out = deploy.TFLiteDetector(deploy.to_tflite_detector(model, "{path}", "int8", images))(images[0])
+assert np.isfinite(out["boxes"]).all() and np.isfinite(out["scores"]).all()
+print("CONVERTED")
+"""
+
+
+def test_int8_detector_survives_boxes_clipped_to_nothing(tmp_path):
+    """Regression: log(0) = -inf in calibration crashed the TF 2.21 converter with a
+    segfault ("scale out of expressed type range"); it hit one CI run of the recipe."""
+    import subprocess
+    import sys
+
+    script = OFF_IMAGE_INT8.replace("{path}", str(tmp_path / "off.tflite"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert proc.returncode == 0 and "CONVERTED" in proc.stdout, proc.stderr[-2000:]

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf.data import shapes, tfds_builder
+from mobilenet_tf.data import BAD_DATA, shapes, tfds_builder
 from mobilenet_tf.data.classification import Split, batched
 
 IGNORE_LABEL = 255
@@ -146,7 +146,7 @@ def check_labels(label, num_classes):
     label = tf.cast(label, tf.int32)
     bad = (label >= num_classes) & (label != IGNORE_LABEL)
     tf.debugging.assert_equal(tf.reduce_any(bad), False, message=(
-        f"label values must be train ids in [0, {num_classes}) or {IGNORE_LABEL} (ignore)"))
+        f"{BAD_DATA}label values must be train ids in [0, {num_classes}) or {IGNORE_LABEL} (ignore)"))
     return label
 
 

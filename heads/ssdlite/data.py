@@ -17,7 +17,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from mobilenet_tf.data import shapes, tfds_builder
+from mobilenet_tf.data import BAD_DATA, shapes, tfds_builder
 from mobilenet_tf.data.classification import batched
 from mobilenet_tf.heads.ssdlite import losses, matcher
 
@@ -95,7 +95,7 @@ def coco_split(split, data_dir=None, download=True, name="coco/2017"):
                           [0, *COCO_CATEGORY_IDS])
 
 
-def clean_boxes(boxes, classes, keep, num_classes):
+def clean_boxes(boxes, classes, keep, num_classes, min_side=MIN_BOX_SIDE):
     """Clip boxes to the image and mark what cannot be trained on.
 
     Args:
@@ -103,8 +103,10 @@ def clean_boxes(boxes, classes, keep, num_classes):
             objects already excluded (crowd, padding).
 
     Returns:
-        boxes (N, 4) clipped to [0, 1], valid (N,) bool (kept, finite, not
-        degenerate), dropped () int32: boxes that were kept but are invalid.
+        boxes (N, 4) clipped to [0, 1], valid (N,) bool (kept, finite, sides >=
+        ``min_side`` after clipping), dropped () int32: boxes that were kept but
+        are invalid. Evaluation passes ``min_side=0`` (COCO scores even sub-pixel
+        ground truth; only inverted or non-finite boxes go).
 
     Raises:
         ValueError (eager; in ``tf.data`` an InvalidArgumentError with the same
@@ -113,7 +115,7 @@ def clean_boxes(boxes, classes, keep, num_classes):
     """
     classes = tf.cast(classes, tf.int32)
     out_of_range = keep & ((classes < 1) | (classes >= num_classes))
-    message = f"object class ids must be in [1, {num_classes}) (`num_classes` counts the background 0)"
+    message = f"{BAD_DATA}object class ids must be in [1, {num_classes}) (`num_classes` counts the background 0)"
     if tf.executing_eagerly():
         if bool(tf.reduce_any(out_of_range)):
             bad = tf.boolean_mask(classes, out_of_range).numpy().tolist()
@@ -123,8 +125,13 @@ def clean_boxes(boxes, classes, keep, num_classes):
     finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
     boxes = tf.clip_by_value(tf.where(finite[:, None], boxes, 0.0), 0.0, 1.0)
     sides = boxes[:, 2:] - boxes[:, :2]
-    valid = keep & finite & tf.reduce_all(sides >= MIN_BOX_SIDE, axis=-1)
+    valid = keep & finite & tf.reduce_all((sides > 0) & (sides >= min_side), axis=-1)
     return boxes, valid, tf.reduce_sum(tf.cast(keep & ~valid, tf.int32))
+
+
+def _seed(seed, k):
+    """The k-th op seed derived from ``seed`` (ops sharing a seed draw the same numbers)."""
+    return None if seed is None else seed * 16 + k
 
 
 def random_ssd_crop(image, boxes, valid, seed=None):
@@ -143,12 +150,13 @@ def random_ssd_crop(image, boxes, valid, seed=None):
     Returns:
         image (h, w, 3), boxes (N, 4) normalised to the patch, valid (N,).
     """
-    choice = tf.random.uniform((), 0, len(CROP_MIN_IOUS), tf.int32, seed=seed)
+    choice = tf.random.uniform((), 0, len(CROP_MIN_IOUS), tf.int32, seed=_seed(seed, 1))
     min_ious = tf.constant([-1.0 if v is None else v for v in CROP_MIN_IOUS])
     min_iou = tf.gather(min_ious, choice)
-    sides = tf.random.uniform((CROP_CANDIDATES, 2), 0.3, 1.0, seed=seed)
-    ratio = sides[:, 1] / sides[:, 0]
-    corners = tf.random.uniform((CROP_CANDIDATES, 2), seed=seed) * (1.0 - sides)
+    sides = tf.random.uniform((CROP_CANDIDATES, 2), 0.3, 1.0, seed=_seed(seed, 2))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    ratio = sides[:, 1] * shape[1] / (sides[:, 0] * shape[0])  # width / height in pixels
+    corners = tf.random.uniform((CROP_CANDIDATES, 2), seed=_seed(seed, 3)) * (1.0 - sides)
     patches = tf.concat([corners, corners + sides], axis=-1)  # (K, 4)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
     inside = (tf.reduce_all(centres[:, None, :] > patches[None, :, :2], axis=-1)
@@ -159,7 +167,6 @@ def random_ssd_crop(image, boxes, valid, seed=None):
     patch = tf.where(use_crop, tf.gather(patches, tf.argmax(tf.cast(ok, tf.int32))), [0.0, 0.0, 1.0, 1.0])
     keep = tf.where(use_crop, tf.gather(inside, tf.argmax(tf.cast(ok, tf.int32)), axis=1), valid)
 
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
     top_left = tf.cast(tf.floor(patch[:2] * shape), tf.int32)
     bottom_right = tf.maximum(tf.cast(tf.math.ceil(patch[2:] * shape), tf.int32), top_left + 1)
     image = image[top_left[0]:bottom_right[0], top_left[1]:bottom_right[1]]
@@ -174,10 +181,11 @@ def random_ssd_crop(image, boxes, valid, seed=None):
 def random_zoom_out(image, boxes, max_scale=4.0, seed=None):
     """SSD's "expansion": with probability 1/2 put the image on a canvas up to
     ``max_scale`` times larger, filled with ``MEAN_PIXEL`` (helps small objects)."""
-    scale = tf.where(tf.random.uniform((), seed=seed) < 0.5, tf.random.uniform((), 1.0, max_scale, seed=seed), 1.0)
+    scale = tf.where(tf.random.uniform((), seed=_seed(seed, 4)) < 0.5,
+                     tf.random.uniform((), 1.0, max_scale, seed=_seed(seed, 5)), 1.0)
     shape = tf.shape(image)[:2]
     canvas = tf.cast(tf.cast(shape, tf.float32) * scale, tf.int32)
-    offset = tf.cast(tf.random.uniform((2,), seed=seed) * tf.cast(canvas - shape, tf.float32), tf.int32)
+    offset = tf.cast(tf.random.uniform((2,), seed=_seed(seed, 6)) * tf.cast(canvas - shape, tf.float32), tf.int32)
     padded = tf.pad(image - MEAN_PIXEL, [[offset[0], canvas[0] - shape[0] - offset[0]],
                                           [offset[1], canvas[1] - shape[1] - offset[1]], [0, 0]]) + MEAN_PIXEL
     size, canvas_f = tf.cast(shape, tf.float32), tf.cast(canvas, tf.float32)
@@ -189,10 +197,10 @@ def colour_jitter(image, seed=None):
     """Brightness, contrast, saturation and hue jitter (SSD's photometric distortions)
     on a float [0, 255] image."""
     image = image / 255.0
-    image = tf.image.random_brightness(image, 32.0 / 255.0, seed=seed)
-    image = tf.image.random_contrast(image, 0.5, 1.5, seed=seed)
-    image = tf.image.random_saturation(image, 0.5, 1.5, seed=seed)
-    image = tf.image.random_hue(image, 0.05, seed=seed)
+    image = tf.image.random_brightness(image, 32.0 / 255.0, seed=_seed(seed, 7))
+    image = tf.image.random_contrast(image, 0.5, 1.5, seed=_seed(seed, 8))
+    image = tf.image.random_saturation(image, 0.5, 1.5, seed=_seed(seed, 9))
+    image = tf.image.random_hue(image, 0.05, seed=_seed(seed, 10))
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
 
 
@@ -220,7 +228,7 @@ def augment(image, objects, num_classes, input_size, *, zoom_out=False, jitter=F
     if zoom_out:
         image, boxes = random_zoom_out(image, boxes, seed=seed)
     image, boxes, valid = random_ssd_crop(image, boxes, valid, seed)
-    flip = tf.random.uniform((), seed=seed) < 0.5
+    flip = tf.random.uniform((), seed=_seed(seed, 11)) < 0.5
     image, boxes = tf.cond(flip, lambda: flip_left_right(image, boxes), lambda: (image, boxes))
     image = tf.image.resize(image, (input_size, input_size))
     boxes, valid, _ = clean_boxes(boxes, objects["classes"], valid, num_classes)
@@ -260,7 +268,7 @@ def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
         resized = tf.image.resize(tf.cast(image, tf.float32), (input_size, input_size))
         num = tf.shape(objects["boxes"])[0]
         boxes, valid, dropped = clean_boxes(objects["boxes"], objects["classes"], tf.ones((num,), tf.bool),
-                                            split.num_classes)
+                                            split.num_classes, min_side=0.0)
         rows = max_boxes - tf.minimum(num, max_boxes)
         pad = lambda t: tf.pad(t[:max_boxes], [[0, rows]] + [[0, 0]] * (t.shape.rank - 1))
         info = {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "boxes": pad(boxes),

@@ -41,11 +41,13 @@ from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.ssdlite import box_coder, model as model_lib, postprocess
 
 THREAD_SAFE_UP_TO = 8
+MIN_SIDE = 1e-8  # boxes clipped to zero size keep this side (finite log)
 POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
-# Ops only the postprocess uses (the network has none): kept float in int8 files too,
-# since fused tensor names do not always keep the scope.
+# Ops of the postprocess kept float in int8 files (fused tensor names do not always
+# keep the scope; the constants of the dummy columns are named "arith.constant").
+# The network's only CONCATENATION (the predictors' outputs) stays float with them.
 FLOAT_ONLY_OPS = ["LOGISTIC", "SOFTMAX", "UNPACK", "PACK", "LOG", "EXP", "MINIMUM", "MAXIMUM", "STRIDED_SLICE",
-                  "SELECT_V2", "SELECT"]
+                  "CONCATENATION", "SELECT_V2", "SELECT"]
 
 
 def _export_archive(model, fn, input_spec, path):
@@ -82,8 +84,11 @@ def _unit_codes(boxes):
     """Corner boxes -> codes that the op decodes back to the same boxes against anchor
     [0, 0, 1, 1] (center-size) with scales 1: [yc, xc, log h, log w]."""
     ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-    return tf.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, tf.math.log(ymax - ymin), tf.math.log(xmax - xmin)],
-                    axis=-1)
+    # A box clipped to nothing must not give log(0) = -inf: an infinite value seen in
+    # int8 calibration crashes the TF 2.21 converter ("scale out of expressed type
+    # range", then a segfault; tensorflow/tensorflow#120295). It hit 1 CI run in 3.
+    height, width = tf.maximum(ymax - ymin, MIN_SIDE), tf.maximum(xmax - xmin, MIN_SIDE)
+    return tf.stack([(ymin + ymax) / 2, (xmin + xmax) / 2, tf.math.log(height), tf.math.log(width)], axis=-1)
 
 
 class _TFLiteGraph:
@@ -122,6 +127,7 @@ class _TFLiteGraph:
             if self.dummy_columns:
                 classes = tf.where(classes >= 2.0, classes - float(self.dummy_columns), classes)
             valid = tf.range(self.max_detections, dtype=tf.float32)[None] < num[:, None]
+            boxes = tf.clip_by_value(boxes, 0.0, 1.0)  # the op's re-decoding is off by float rounding
             return {"boxes": tf.where(valid[..., None], boxes, 0.0), "scores": tf.where(valid, scores, 0.0),
                     "classes": tf.where(valid, classes + 1.0, 0.0), "num_detections": num}
 

@@ -17,6 +17,7 @@ import mobilenet_tf
 from mobilenet_tf import blocks
 from mobilenet_tf._keras import keras, layers
 from mobilenet_tf.heads.ssdlite import anchors as anchors_lib
+from mobilenet_tf.training import schedules
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 # The stride-16 map: the expansion of the first stride-32 block (V2/V3, the TF OD API's
@@ -24,8 +25,8 @@ EXTRA_DEPTHS = (512, 256, 256, 128)
 FIRST_MAP_ENDPOINTS = ("C4_expand", "C4")
 LAST_MAP_ENDPOINT = "C5"  # stride 32
 CLASS_BIAS_INIT = -4.6  # class_prediction_bias_init: sigmoid(-4.6) = 0.01 prior
-# Training settings of the reference config, applied by the recipe to the whole
-# model (``schedules.add_weight_decay`` / ``configure_batchnorm``), not built in.
+# Training settings of the reference config, set on the whole model (backbone too)
+# by ``build_ssdlite`` through ``schedules.add_weight_decay`` / ``configure_batchnorm``.
 WEIGHT_DECAY = 4e-5  # l2_regularizer weight
 BN_MOMENTUM = 0.97  # batch_norm decay (epsilon 1e-3 is blocks.BN_EPSILON)
 
@@ -54,7 +55,7 @@ def predictor(x, boxes_per_location, outputs_per_box, name, bias_init=0.0):
 
 def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0, reduced_tail=None,
                   anchor_spec=anchors_lib.AnchorSpec(), include_preprocessing=True, backbone_weights=None,
-                  name=None):
+                  weight_decay=WEIGHT_DECAY, bn_momentum=BN_MOMENTUM, name=None):
     """SSDLite on a registry backbone.
 
     Args:
@@ -67,6 +68,9 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
             rows); None = yes for V3, no otherwise.
         anchor_spec: ``anchors.AnchorSpec``.
         backbone_weights: None, "imagenet" or a file.
+        weight_decay: L2 on every conv kernel except depthwise (the reference
+            config's 4e-5; 0 = none), as ``model.losses`` for ``fit``.
+        bn_momentum: momentum of every BatchNormalization (the config's decay 0.97).
 
     Returns:
         ``keras.Model``: (B, S, S, 3) pixels in [0, 255] -> {"boxes": (B, A, 4),
@@ -87,8 +91,11 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
     if mobilenet_tf.registry.accepts(backbone, "reduced_tail"):
         options["reduced_tail"] = reduced_tail
     features = mobilenet_tf.build(entry.name, **options)
-    maps = [features.output[key] for key in (*FIRST_MAP_ENDPOINTS, LAST_MAP_ENDPOINT) if key in features.output]
-    maps = [maps[0], maps[-1]]
+    first = next((key for key in FIRST_MAP_ENDPOINTS if key in features.output), None)
+    if first is None or LAST_MAP_ENDPOINT not in features.output:
+        raise ValueError(f"SSDLite needs backbone endpoints {'/'.join(FIRST_MAP_ENDPOINTS)} and {LAST_MAP_ENDPOINT}; "
+                         f"{backbone!r} has {sorted(features.output)}. Use v1, v2, v3_large or v3_small.")
+    maps = [features.output[first], features.output[LAST_MAP_ENDPOINT]]
     expected = [-(-input_size // 16), -(-input_size // 32)]
     if [m.shape[1] for m in maps] != expected:
         raise ValueError(f"SSDLite needs stride-16 and stride-32 feature maps ({'/'.join(FIRST_MAP_ENDPOINTS)} and "
@@ -105,7 +112,10 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
         "boxes": layers.Concatenate(axis=1, name="boxes", dtype="float32")(boxes),
         "classes": layers.Concatenate(axis=1, name="classes", dtype="float32")(classes),
     }
-    return keras.Model(features.input, outputs, name=name or f"ssdlite_{backbone}_{input_size}")
+    model = keras.Model(features.input, outputs, name=name or f"ssdlite_{backbone}_{input_size}")
+    schedules.add_weight_decay(model, weight_decay)
+    schedules.configure_batchnorm(model, momentum=bn_momentum)
+    return model
 
 
 def feature_map_sizes(model):

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf._keras import keras
+from mobilenet_tf.data import BAD_DATA
 from mobilenet_tf.training import config as config_lib, schedules, strategy as strategy_lib
 
 
@@ -100,14 +101,21 @@ def throughput(history, steps_per_epoch, global_batch_size):
     return dict(epochs=epochs, train_seconds=seconds, images_per_second=images / seconds if seconds else 0.0)
 
 
-def recipe_main(main, config_cls):
+def recipe_main(main, config_cls, argv=None):
     """A recipe's ``__main__``: flags -> config -> ``main``; exit 2 with the message on
-    bad input (``ValueError``), 1 when the loss became NaN."""
+    bad input (``ValueError``, or a data check failing inside ``tf.data``: its message
+    starts with ``data.BAD_DATA``), 1 when the loss became NaN."""
     prog = os.path.basename(sys.argv[0])
     try:
-        main(config_lib.config_from_args(config_cls))
+        main(config_lib.config_from_args(config_cls, argv))
     except ValueError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except tf.errors.InvalidArgumentError as error:
+        if BAD_DATA not in error.message:
+            raise
+        detail = error.message.split(BAD_DATA, 1)[1].split("\n")[0]
+        print(f"{prog}: error: {BAD_DATA}{detail}", file=sys.stderr)
         sys.exit(2)
     except NaNLossError as error:
         print(f"{prog}: {error}", file=sys.stderr)
