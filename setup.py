@@ -23,6 +23,6 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
     entry_points={"console_scripts": ["mobilenet-tf=mobilenet_tf.cli:main"]},
 )
