@@ -21,7 +21,10 @@ Pruning and clustering wrap layers; ``strip`` removes the wrappers (keeping the
 zeros / shared values) before export.
 """
 
+import numpy as np
+
 from mobilenet_tf import _keras
+from mobilenet_tf.training import schedules
 
 PRUNABLE = ("Conv2D", "Dense")  # depthwise kernels (9 weights a channel) stay dense, as in the TF guides
 # TFMOT 0.8 wraps DepthwiseConv2D for clustering, but its kernels came back unclustered
@@ -91,7 +94,7 @@ def cluster(model, clusters, init="kmeans_plus_plus", preserve_sparsity=False):
     method = getattr(tfmot.clustering.keras.CentroidInitialization, init.upper())
 
     def wrap(layer):
-        if _kind(layer) in CLUSTERABLE and _kernel(layer).shape.num_elements() > clusters:
+        if _kind(layer) in CLUSTERABLE and layer.kernel.shape.num_elements() > clusters:
             return tfmot.clustering.keras.cluster_weights(layer, number_of_clusters=clusters,
                                                           cluster_centroids_init=method,
                                                           preserve_sparsity=preserve_sparsity)
@@ -177,47 +180,20 @@ def quantize_aware(model, scheme="default"):
 def sparsity(model):
     """{layer name: fraction of zeros in its kernel} for every Conv2D / Dense of a
     stripped (or never wrapped) model."""
-    import numpy as np
-
-    out = {}
-    for layer in _flat_layers(model):
-        kernel = _kernel(layer)
-        if kernel is not None and _kind(_inner(layer)) in PRUNABLE:
-            out[_inner(layer).name] = float(np.mean(np.asarray(kernel) == 0))
-    return out
+    return {name: float(np.mean(kernel == 0)) for name, kernel in _kernels(model, PRUNABLE)}
 
 
 def unique_values(model):
     """{layer name: distinct values in its kernel} for every clusterable layer of a
     stripped model."""
-    import numpy as np
-
-    out = {}
-    for layer in _flat_layers(model):
-        kernel = _kernel(layer)
-        if kernel is not None and _kind(_inner(layer)) in CLUSTERABLE:
-            out[_inner(layer).name] = int(np.unique(np.asarray(kernel)).size)
-    return out
+    return {name: int(np.unique(kernel).size) for name, kernel in _kernels(model, CLUSTERABLE)}
 
 
-def _inner(layer):
-    return getattr(layer, "layer", layer)  # TFMOT wrappers hold the original layer
-
-
-def _kernel(layer):
-    inner = _inner(layer)
-    for name in ("kernel", "depthwise_kernel"):
-        if getattr(inner, name, None) is not None:
-            return getattr(inner, name)
-    return None
-
-
-def _flat_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and not hasattr(layer, "layer"):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
+def _kernels(model, kinds):
+    """(name, kernel as numpy) of every layer of those class names, nested models included."""
+    for layer in schedules.flat_layers(model):
+        if _kind(layer) in kinds:
+            yield layer.name, np.asarray(layer.kernel)
 
 
 def _clone(model, clone_function):

@@ -143,13 +143,18 @@ class COCOEvaluator:
         self.last = None
         self._detector = None
 
-    def detect(self, model):
-        """COCO results list for every validation image."""
+    def detector(self, model):
+        """The ``Detector`` (decode + NMS, traced once) for ``model``."""
         if self._detector is None or self._detector.model is not model:
             self._detector = postprocess.build_inference_model(model, activation=self.activation)
+        return self._detector
+
+    def detect(self, model):
+        """COCO results list for every validation image."""
+        detector = self.detector(model)
         results = []
         for images, info in self.eval_ds.as_numpy_iterator():
-            out = {key: value.numpy() for key, value in self._detector(images).items()}
+            out = {key: value.numpy() for key, value in detector(images).items()}
             for i in range(len(out["num_detections"])):
                 results += coco_eval.detections(
                     info["image_id"][i], info["height"][i], info["width"][i], out["boxes"][i], out["scores"][i],
@@ -233,8 +238,7 @@ def main(config):
         json.dump(evaluator.ground_truth, f)
     if history:
         engine.plot_history(history, run.path("curves.png"), metric="map")
-    detector = postprocess.build_inference_model(model, activation=activation)
-    save_detections(detector, val_ds, val_split.class_names, run.path("detections.png"), config.display_threshold)
+    save_detections(evaluator.detector(model), val_ds, val_split.class_names, run.path("detections.png"), config.display_threshold)
     engine.export_model(model, run)
     deploy.save_detector(model, run.path("detector"), activation=activation)
     for fmt in filter(None, config.tflite.split(",")):

@@ -138,7 +138,7 @@ def random_ssd_crop(image, boxes, valid, seed=None):
     """SSD's data augmentation crop (Liu et al. 2016, section 2.2).
 
     Pick a minimum IoU from ``CROP_MIN_IOUS``; sample ``CROP_CANDIDATES`` patches
-    (sides 0.3-1 of the image, aspect ratio 0.5-2) and take the first that
+    (sides 0.3-1 of the image, pixel aspect ratio 0.5-2) and take the first that
     contains the centre of at least one valid box and overlaps one of those by at
     least that IoU. Boxes whose centre falls outside are dropped, the others
     clipped to the patch. No qualifying patch (or the "None" choice, or no valid
@@ -164,8 +164,9 @@ def random_ssd_crop(image, boxes, valid, seed=None):
     overlap = tf.reduce_max(tf.where(inside, matcher.iou(boxes, patches), -1.0), axis=0)  # (K,)
     ok = (ratio >= 0.5) & (ratio <= 2.0) & tf.reduce_any(inside, axis=0) & (overlap >= min_iou)
     use_crop = (min_iou >= 0) & tf.reduce_any(ok)
-    patch = tf.where(use_crop, tf.gather(patches, tf.argmax(tf.cast(ok, tf.int32))), [0.0, 0.0, 1.0, 1.0])
-    keep = tf.where(use_crop, tf.gather(inside, tf.argmax(tf.cast(ok, tf.int32)), axis=1), valid)
+    first = tf.argmax(tf.cast(ok, tf.int32))  # the first qualifying patch
+    patch = tf.where(use_crop, tf.gather(patches, first), [0.0, 0.0, 1.0, 1.0])
+    keep = tf.where(use_crop, tf.gather(inside, first, axis=1), valid)
 
     top_left = tf.cast(tf.floor(patch[:2] * shape), tf.int32)
     bottom_right = tf.maximum(tf.cast(tf.math.ceil(patch[2:] * shape), tf.int32), top_left + 1)
@@ -209,13 +210,16 @@ def flip_left_right(image, boxes):
     return tf.image.flip_left_right(image), tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
 
 
+def _pad_rows(tensor, rows):
+    """The first ``rows`` rows of ``tensor``, zero-padded to exactly ``rows``."""
+    tensor = tensor[:rows]
+    return tf.pad(tensor, [[0, rows - tf.shape(tensor)[0]]] + [[0, 0]] * (tensor.shape.rank - 1))
+
+
 def pad_objects(boxes, classes, valid, max_boxes=MAX_BOXES):
     """Pad (or truncate, keeping valid boxes first) to ``max_boxes`` rows."""
     order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)  # valid ones first
-    boxes, classes, valid = (tf.gather(t, order)[:max_boxes] for t in (boxes, classes, valid))
-    pad = max_boxes - tf.shape(boxes)[0]
-    return (tf.pad(boxes, [[0, pad], [0, 0]]), tf.pad(tf.cast(classes, tf.int32), [[0, pad]]),
-            tf.pad(valid, [[0, pad]]))
+    return tuple(_pad_rows(tf.gather(t, order), max_boxes) for t in (boxes, tf.cast(classes, tf.int32), valid))
 
 
 def augment(image, objects, num_classes, input_size, *, zoom_out=False, jitter=False, seed=None):
@@ -269,11 +273,10 @@ def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
         num = tf.shape(objects["boxes"])[0]
         boxes, valid, dropped = clean_boxes(objects["boxes"], objects["classes"], tf.ones((num,), tf.bool),
                                             split.num_classes, min_side=0.0)
-        rows = max_boxes - tf.minimum(num, max_boxes)
-        pad = lambda t: tf.pad(t[:max_boxes], [[0, rows]] + [[0, 0]] * (t.shape.rank - 1))
-        info = {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "boxes": pad(boxes),
-                "classes": pad(tf.cast(objects["classes"], tf.int32)), "crowd": pad(objects["crowd"]),
-                "area": pad(objects["area"]), "valid": pad(valid), "dropped": dropped}
+        padded = {key: _pad_rows(value, max_boxes) for key, value in dict(
+            boxes=boxes, classes=tf.cast(objects["classes"], tf.int32), crowd=objects["crowd"],
+            area=objects["area"], valid=valid).items()}
+        info = {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "dropped": dropped, **padded}
         return tf.clip_by_value(resized, 0.0, 255.0), info
 
     return batched(split.dataset, prepare, training=False, batch_size=batch_size, num_examples=split.num_examples,

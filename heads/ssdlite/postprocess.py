@@ -68,4 +68,3 @@ def build_inference_model(model, score_threshold=1e-8, activation="sigmoid"):
         raise ValueError("`build_inference_model` needs a model from `build_ssdlite` (outputs 'boxes' and "
                          "'classes').")
     return Detector(model, score_threshold, activation)
-

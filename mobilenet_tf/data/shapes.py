@@ -2,8 +2,9 @@
 
 Label 0 is the background; object class ``k`` (1..K) is a shape (disc, square,
 triangle: ``(k - 1) % 3``) in its own hue band. Every scene draws 1-4 objects
-(detection: 1-6) with random size (radius 12-30% of the image; detection 6-25%), position (objects may be cut by
-the border and overlap; later ones occlude earlier ones), exact hue, saturation,
+(detection: 1-6) with random size (radius 12-30% of the image; detection 6-25%),
+position (objects may be cut by the border and overlap; later ones occlude
+earlier ones), exact hue, saturation,
 brightness and stripe texture, on a low-saturation textured background, plus
 pixel noise. All from a seed derived from the example's index: reproducible,
 unbounded, rendered inside ``tf.data``.

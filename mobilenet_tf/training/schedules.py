@@ -107,7 +107,7 @@ def add_weight_decay(model, weight_decay):
         return 0
     regularizer = keras.regularizers.L2(weight_decay / 2)
     count = 0
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             continue
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
@@ -129,7 +129,7 @@ def configure_batchnorm(model, momentum=None, synchronized=None):
     Returns the number of layers changed.
     """
     count = 0
-    for layer in _flat_layers(model):
+    for layer in flat_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             if momentum is not None:
                 layer.momentum = momentum
@@ -139,10 +139,11 @@ def configure_batchnorm(model, momentum=None, synchronized=None):
     return count
 
 
-def _flat_layers(model):
+def flat_layers(model):
+    """Every layer of ``model``, nested models' layers included (not the models)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
+            yield from flat_layers(layer)
         else:
             yield layer
 
