@@ -12,6 +12,18 @@ import numpy as np
 import tensorflow as tf
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8", "qat")
+# The recipes' ``--tflite`` names -> ``to_tflite``'s ``quantization``.
+FORMATS = {"fp32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+
+
+def parse_formats(flag, allowed=tuple(FORMATS)):
+    """A recipe's ``--tflite`` value, "fp32,int8" -> ["fp32", "int8"]; ``ValueError``
+    naming the flag and the allowed formats for anything else."""
+    formats = [f for f in flag.split(",") if f]
+    unknown = [f for f in formats if f not in allowed]
+    if unknown:
+        raise ValueError(f"`--tflite` formats must be among {list(allowed)}; got {unknown}.")
+    return formats
 
 
 def to_tflite(model, path, quantization=None, representative_data=None, calibration_steps=100):

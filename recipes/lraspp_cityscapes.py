@@ -101,7 +101,6 @@ class Config(config_lib.RunOptions):
                                                   "--no-reduced-tail for imagenet; the paper trains from scratch)")
 
 
-TFLITE_FORMATS = {"fp32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 
 
 def resolve(config):
@@ -132,9 +131,7 @@ def resolve(config):
                              f"{max(2, round(value / resolved.output_stride)) * resolved.output_stride}.")
     if not 0 < resolved.scale_min <= resolved.scale_max:
         raise ValueError(f"need 0 < --scale-min <= --scale-max; got {resolved.scale_min}, {resolved.scale_max}.")
-    unknown = [f for f in filter(None, resolved.tflite.split(",")) if f not in TFLITE_FORMATS]
-    if unknown:
-        raise ValueError(f"`--tflite` formats must be among {sorted(TFLITE_FORMATS)}; got {unknown}.")
+    export.parse_formats(resolved.tflite)
     return resolved
 
 
@@ -242,9 +239,9 @@ def main(config):
         engine.plot_history(history, run.path("curves.png"), metric="miou")
     save_predictions(evaluator.model, val_ds, run.path("predictions.png"), num_classes, config.dataset)
     engine.export_model(evaluator.model, run)
-    for fmt in filter(None, config.tflite.split(",")):
+    for fmt in export.parse_formats(config.tflite):
         calibration = val_ds.map(lambda images, labels: images).unbatch().batch(1)
-        export.to_tflite(evaluator.model, run.path(f"model_{fmt}.tflite"), TFLITE_FORMATS[fmt], calibration)
+        export.to_tflite(evaluator.model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration)
     engine.write_metrics(run, metrics)
     print(f"mIoU {results['miou']:.4f}  pixel accuracy {results['pixel_accuracy']:.4f}  ({metrics['epochs']} epochs, "
           f"{metrics['images_per_second']:.1f} img/s)  -> {run.root}")

@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
+from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.heads import ssdlite  # noqa: E402
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, losses, postprocess, visualize  # noqa: E402
@@ -110,9 +111,7 @@ def resolve(config):
         raise ValueError(f"`--synthetic-classes` must be in [2, 255]; got {resolved.synthetic_classes}.")
     if resolved.weights and not os.path.isfile(resolved.weights):
         raise ValueError(f"`--weights` {resolved.weights!r} is not a file.")
-    unknown = [f for f in filter(None, resolved.tflite.split(",")) if f not in TFLITE_FORMATS]
-    if unknown:
-        raise ValueError(f"`--tflite` formats must be among {list(TFLITE_FORMATS)}; got {unknown}.")
+    export.parse_formats(resolved.tflite, TFLITE_FORMATS)
     return resolved
 
 
@@ -241,7 +240,7 @@ def main(config):
     save_detections(evaluator.detector(model), val_ds, val_split.class_names, run.path("detections.png"), config.display_threshold)
     engine.export_model(model, run)
     deploy.save_detector(model, run.path("detector"), activation=activation)
-    for fmt in filter(None, config.tflite.split(",")):
+    for fmt in export.parse_formats(config.tflite, TFLITE_FORMATS):
         calibration = val_ds.map(lambda images, info: images).unbatch().batch(1).take(100)
         deploy.to_tflite_detector(model, run.path(f"detector_{fmt}.tflite"), quantization=fmt,
                                   representative_images=calibration, activation=activation)

@@ -203,3 +203,11 @@ def test_new_families_feed_the_lraspp_head():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_tflite_format_flags():
+    assert export.parse_formats("fp32,int8") == ["fp32", "int8"] and export.parse_formats("") == []
+    assert [export.FORMATS[f] for f in export.parse_formats("fp32,float16,dynamic,int8")] == \
+        [None, "float16", "dynamic", "int8"]
+    with pytest.raises(ValueError, match=r"`--tflite` formats must be among \['fp32', 'int8'\]; got \['fp16'\]"):
+        export.parse_formats("fp32,fp16", ("fp32", "int8"))
