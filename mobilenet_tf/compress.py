@@ -11,14 +11,16 @@ What TFMOT cannot do on MobileNets out of the box, and how it is met here:
   not know (``Rescaling``, #864): both are applied layer by layer (``clone_model``) to
   the weighted layers only, so every model works.
 - ``quantize_model`` rejects ``Rescaling`` (the input scaling and h-swish's
-  ``x/6``, ``x+3``) and ``Multiply`` (h-swish, squeeze-excite gates): these weightless
-  layers get ``OutputQuantizeConfig`` (an 8-bit moving-average quantizer on the
+  ``x/6``, ``x+3``), ``Multiply`` (h-swish, squeeze-excite gates, LR-ASPP's gate) and
+  ``UnitNormalization`` (FaceNet's embedding): these weightless layers get
+  ``OutputQuantizeConfig`` (an 8-bit moving-average quantizer on the
   output, what TFLite's int8 kernels compute), so V1/V2/V3 train quantization-aware
   with no layer rewrite. A weighted layer TFMOT does not support raises a
   ``ValueError`` naming it and the fix.
 
 Pruning and clustering wrap layers; ``strip`` removes the wrappers (keeping the
-zeros / shared values) before export.
+zeros / shared values) before export. Every function works on a private copy: the
+model passed in is never changed.
 """
 
 import numpy as np
@@ -138,7 +140,7 @@ def _output_quantize_config():
     return OutputQuantizeConfig
 
 
-OUTPUT_QUANTIZED = ("Rescaling", "Multiply")  # weightless layers TFMOT's default scheme rejects
+OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "UnitNormalization")  # weightless layers TFMOT's default scheme rejects
 QAT_SCHEMES = ("default", "prune_preserve", "cluster_preserve")
 
 
@@ -197,4 +199,11 @@ def _kernels(model, kinds):
 
 
 def _clone(model, clone_function):
-    return _keras.keras.models.clone_model(model, clone_function=clone_function)
+    """``clone_model`` with ``clone_function`` applied to a private copy of ``model``:
+    TFMOT's wrappers take the layer they wrap (``cluster_weights`` even removes its
+    kernel from the layer's weights), so wrapping ``model``'s own layers would change
+    the caller's model (measured: a 137-weight model kept 122 after ``cluster``)."""
+    keras = _keras.keras
+    private = keras.models.clone_model(model)
+    private.set_weights(model.get_weights())
+    return keras.models.clone_model(private, clone_function=clone_function)

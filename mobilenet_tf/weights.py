@@ -1,4 +1,5 @@
-"""Weights: keras.applications -> mobilenet_tf transfer by layer name, and loading.
+"""Weights: keras.applications -> mobilenet_tf transfer by layer name, loading, and
+``save_by_name`` / ``load_by_name`` to move a model between Keras 3 and tf_keras.
 
 Our weighted layers carry keras.applications' names, so its ImageNet weights
 copy across layer by layer. ``weights="imagenet"`` builds the matching
@@ -197,3 +198,78 @@ _AUTO_NAME = re.compile(r"^(conv2d|batch_normalization)(_\d+)?$")
 def _from_slim_name(name):
     """tf_keras.applications' V3 layer name -> Keras 3's: "Conv/BatchNorm" -> "conv_bn"."""
     return name.replace("/BatchNorm", "_bn").replace("/", "_").lower()
+
+
+# ---------------------------------------------------------------- Keras 3 <-> tf_keras by file
+
+def _weighted_layers(model):
+    """Layers holding weights, nested models walked into."""
+    for layer in model.layers:
+        if getattr(layer, "layers", None):
+            yield from _weighted_layers(layer)
+        elif layer.weights:
+            yield layer
+
+
+def save_by_name(model, path):
+    """Write ``model``'s weights keyed by layer name to ``path`` (an ``.npz``).
+
+    The file both Keras worlds read the same way: Keras 3's ``.weights.h5`` keys
+    layers by class and position ("layers/batch_normalization_3") and tf_keras
+    writes another layout, so a model moves to tf_keras (for TFMOT) and back
+    through this. Keys are ``"<layer name>/<index>"``.
+
+    Returns:
+        ``path``.
+    """
+    arrays = {}
+    for layer in _weighted_layers(model):
+        for index, value in enumerate(layer.get_weights()):
+            key = f"{layer.name}/{index}"
+            if key in arrays:
+                raise ValueError(f"two layers of {model.name!r} are named {layer.name!r}: weights by name need "
+                                 "unique layer names.")
+            arrays[key] = value
+    if not path.endswith(".npz"):
+        raise ValueError(f"`path` must end with '.npz'; got {path!r}.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_by_name(model, path):
+    """Load a ``save_by_name`` file into ``model`` (Keras 3 or tf_keras).
+
+    Every weighted layer of ``model`` must be in the file with the same number and
+    shapes of weights; layers only in the file are ignored. Nothing is assigned
+    unless everything matches.
+
+    Returns:
+        The names of the layers loaded.
+
+    Raises:
+        ValueError: missing or unreadable file, or naming the first layer that is
+            missing or differs in shape.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file {path!r} does not exist.")
+    try:
+        with np.load(path) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except Exception as error:
+        raise ValueError(f"cannot read weights file {path!r} (expected an .npz from save_by_name): {error}") from error
+    pending = []
+    for layer in _weighted_layers(model):
+        target = [np.shape(w) for w in layer.get_weights()]
+        values = [arrays.get(f"{layer.name}/{i}") for i in range(len(target))]
+        if any(v is None for v in values) or f"{layer.name}/{len(target)}" in arrays:
+            raise ValueError(f"{path!r} has no (or other) weights for layer {layer.name!r} of {model.name!r}: was "
+                             "it saved from the same architecture?")
+        shapes = [v.shape for v in values]
+        if shapes != target:
+            raise ValueError(f"layer {layer.name!r} has weight shapes {target} in {model.name!r} but {shapes} in "
+                             f"{path!r}. Do the architecture arguments (alpha, classes, ...) agree?")
+        pending.append((layer, values))
+    for layer, values in pending:
+        layer.set_weights(values)
+    return [layer.name for layer, _ in pending]

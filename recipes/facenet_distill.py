@@ -1,6 +1,6 @@
 """Distil a FaceNet-style teacher into a MobileNet face embedding (V1 paper 4.7, Table 14).
 
-    python recipes/facenet_distill.py                  # synthetic identities, CPU, minutes: teacher, student, LFW-style eval
+    python recipes/facenet_distill.py          # synthetic identities, CPU, minutes: teacher, student, LFW-style eval
     python recipes/facenet_distill.py --train-dir faces/train --teacher teacher.keras \\
         --data-dir ~/tensorflow_datasets --output-dir runs/face
     python recipes/facenet_distill.py --train-dir faces/train --lfw-dir lfw --pairs-file pairs.txt   # official pairs
@@ -33,6 +33,7 @@ optionally TFLite students.
 """
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -196,8 +197,9 @@ def train_embedding(config, *, build_model, loss, train_ds, steps_per_epoch, epo
     return engine.run_training(
         build=build, train_ds=train_ds, eval_ds=None, evaluate=make_evaluate(pairs, config.eval_batch_size),
         evaluate_every=config.eval_every, monitor="val_accuracy", epochs=epochs, steps_per_epoch=steps_per_epoch,
-        eval_steps=None, run=run, strategy=strategy, global_batch_size=config.global_batch_size, jit_compile=config.jit_compile,
-        sync_batchnorm=config.sync_batchnorm, verbose=config_lib.keras_verbose(config.verbose))
+        eval_steps=None, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
+        jit_compile=config.jit_compile, sync_batchnorm=config.sync_batchnorm,
+        verbose=config_lib.keras_verbose(config.verbose))
 
 
 def load_teacher(config):
@@ -237,17 +239,23 @@ def train_teacher(config, train, pairs, run, strategy, steps_per_epoch):
 
 
 def teacher_embeddings(config, teacher, train, run, chief):
-    """(N, D) unit-norm teacher embeddings of the training images, cached in the run dir."""
-    path = run.path("teacher_embeddings.npy")
-    if os.path.exists(path):
-        cached = np.load(path)
-        if cached.shape == (len(train), config.embedding_dim):
-            return cached
+    """(N, D) unit-norm teacher embeddings of the training images, cached in the run dir
+    (``teacher_embeddings.npy``) with the teacher's fingerprint, so a resumed run with
+    another teacher recomputes them."""
+    path, fingerprint_path = run.path("teacher_embeddings.npy"), run.path("teacher_fingerprint.json")
+    fingerprint = {"name": teacher.name, "images": len(train),
+                   "weights_sum": float(sum(np.sum(np.asarray(w, np.float64)) for w in teacher.get_weights()))}
+    if os.path.exists(path) and os.path.exists(fingerprint_path):
+        with open(fingerprint_path) as f:
+            if json.load(f) == fingerprint:
+                return np.load(path)
     size = model_lib.input_size(teacher)
     embeddings = verification.embed(teacher, data.image_batches(train, size, config.eval_batch_size))
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     if chief:
         np.save(path, embeddings)
+        with open(fingerprint_path, "w") as f:
+            json.dump(fingerprint, f)
     return embeddings
 
 

@@ -88,6 +88,7 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
     assert metrics["teacher_name"] == teacher.name and 0 <= metrics["student_accuracy"] <= 1
     assert not (run_dir / "teacher").exists()  # a given teacher is not retrained
     assert np.load(run_dir / "teacher_embeddings.npy").shape == (32, 16)
+    assert json.loads((run_dir / "teacher_fingerprint.json").read_text())["name"] == teacher.name
     assert json.loads((run_dir / "config.json").read_text())["triplet_weight"] == 0.5
 
 

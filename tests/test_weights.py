@@ -1,12 +1,14 @@
 """keras.applications -> mobilenet_tf weight transfer and the `weights=` argument."""
 
+import textwrap
+
 import numpy as np
 import pytest
 
 import keras
 import mobilenet_tf
-from mobilenet_tf import weights as weights_lib
-from conftest import randomize_batchnorm, run
+from mobilenet_tf import compress, weights as weights_lib
+from conftest import randomize_batchnorm, run, run_legacy_keras
 
 FAMILIES = ["v1", "v2", "v3_large", "v3_small"]
 
@@ -113,3 +115,52 @@ def test_weights_file_errors(tmp_path):
         mobilenet_tf.build("v2", input_shape=(64, 64, 3), weights=str(other))
     with pytest.raises(ValueError, match="`weights` must be None, 'imagenet' or a path"):
         mobilenet_tf.build("v2", weights=3)
+
+
+TF_KERAS_ROUND_TRIP = textwrap.dedent("""
+    import json
+    import numpy as np
+    import mobilenet_tf
+    from mobilenet_tf import compress, weights
+    model = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(32, 32, 3), classes=5)
+    loaded = weights.load_by_name(model, {keras3_file!r})
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    before = model(x, training=False).numpy()
+    clustered = compress.strip(compress.cluster(model, 8))   # a TFMOT result to send back
+    weights.save_by_name(clustered, {tf_keras_file!r})
+    print("RESULT" + json.dumps({{"loaded": len(loaded), "outputs": before.tolist(),
+                                 "clustered": clustered(x, training=False).numpy().tolist()}}))
+""")
+
+
+def test_weights_move_between_keras_3_and_tf_keras_by_name(tmp_path):
+    model = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(32, 32, 3), classes=5)
+    randomize_batchnorm(model)
+    keras3_file = weights_lib.save_by_name(model, str(tmp_path / "keras3.npz"))
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    result = run_legacy_keras(TF_KERAS_ROUND_TRIP.format(keras3_file=keras3_file,
+                                                         tf_keras_file=str(tmp_path / "tf_keras.npz")))
+    # tf_keras rebuilt the model with the same builder and computes the same function.
+    assert result["loaded"] == len([layer for layer in model.layers if layer.weights])
+    np.testing.assert_allclose(result["outputs"], model(x, training=False).numpy(), atol=1e-5)
+    # TFMOT's clustered weights come back into a Keras 3 model.
+    back = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(32, 32, 3), classes=5)
+    weights_lib.load_by_name(back, str(tmp_path / "tf_keras.npz"))
+    np.testing.assert_allclose(back(x, training=False).numpy(), result["clustered"], atol=1e-5)
+    assert max(compress.unique_values(back).values()) <= 8
+
+
+def test_load_by_name_refuses_mismatches(tmp_path):
+    model = mobilenet_tf.build("v1", alpha=0.25, input_shape=(32, 32, 3), classes=3)
+    path = weights_lib.save_by_name(model, str(tmp_path / "v1.npz"))
+    with pytest.raises(ValueError, match="weight shapes"):
+        weights_lib.load_by_name(mobilenet_tf.build("v1", alpha=0.5, input_shape=(32, 32, 3), classes=3), path)
+    with pytest.raises(ValueError, match="no \\(or other\\) weights for layer"):
+        weights_lib.load_by_name(mobilenet_tf.build("v2", alpha=0.35, input_shape=(32, 32, 3), classes=3), path)
+    with pytest.raises(ValueError, match="does not exist"):
+        weights_lib.load_by_name(model, str(tmp_path / "missing.npz"))
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot read weights file"):
+        weights_lib.load_by_name(model, str(tmp_path / "corrupt.npz"))
+    with pytest.raises(ValueError, match="must end with '.npz'"):
+        weights_lib.save_by_name(model, str(tmp_path / "v1.h5"))
