@@ -62,6 +62,15 @@ def test_semi_hard_mining_on_a_hand_made_batch():
                                atol=1e-6)
 
 
+def test_batch_of_one_identity_costs_nothing():
+    # No negative to compare with: no triplet (not a loss blown up by the masking constant).
+    same = tf.constant([3, 3, 3])
+    for fn in losses.TRIPLET_LOSSES.values():
+        assert np.all(fn(same, tf.constant([[0.0], [0.5], [1.0]])).numpy() == 0)
+    with pytest.raises(ValueError, match="pack_targets"):
+        losses.FaceNetLoss(distill_weight=1.0)(losses.pack_targets([0, 1]), tf.zeros((2, 4)))
+
+
 def test_anchor_without_positive_costs_nothing():
     got = losses.semi_hard_triplet_loss(tf.constant([0, 1, 1]), tf.constant([[0.0], [0.3], [0.5]])).numpy()
     assert got[0] == 0 and got[1] == pytest.approx(0.04 - 0.09 + 0.2)

@@ -52,10 +52,12 @@ def semi_hard_triplet_loss(labels, embeddings, margin=FACENET_MARGIN):
         margin: alpha of FaceNet's eq. 1.
 
     Returns:
-        (B,): each anchor's mean loss over its positives (0 without positives).
+        (B,): each anchor's mean loss over its positives (0 without a positive or
+        a negative in the batch).
     """
     d = pairwise_squared_distances(embeddings)
     positive, negative = _masks(labels)
+    positive *= tf.cast(tf.reduce_sum(negative, axis=1, keepdims=True) > 0, tf.float32)
     d_ap = d[:, :, None]  # (a, p, 1)
     d_an = d[:, None, :]  # (a, 1, n)
     farther = tf.cast(d_an > d_ap, tf.float32) * negative[:, None, :]  # semi-hard candidates (a, p, n)
@@ -123,6 +125,9 @@ class FaceNetLoss(keras.losses.Loss):
         self.triplet_weight, self.distill_weight = float(triplet_weight), float(distill_weight)
 
     def call(self, y_true, y_pred):
+        if self.distill_weight and y_true.shape[-1] == 1:
+            raise ValueError("distillation needs the teacher's embeddings in y_true: pass "
+                             "pack_targets(labels, teacher_embeddings), (B, 1 + D), not labels alone.")
         y_true = tf.cast(y_true, tf.float32)
         loss = tf.zeros(tf.shape(y_pred)[:1], tf.float32)
         if self.triplet_weight:
