@@ -23,6 +23,7 @@ setup(
         "matplotlib",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist"]},
+    # LiteRT: the maintained TFLite interpreter (tf.lite.Interpreter is deprecated); used where installed.
+    extras_require={"litert": ["ai-edge-litert"], "test": ["pytest", "pytest-xdist", "ai-edge-litert"]},
     entry_points={"console_scripts": ["mobilenet-tf=mobilenet_tf.cli:main"]},
 )

@@ -6,8 +6,10 @@
 Batch 1, the paper's segmentation model (RF2, output stride 16, 128 filters, 19
 classes). Keras runs as a ``tf.function`` (no XLA); TFLite with ``--threads``
 threads and XNNPACK. Keras and TFLite fp32 are timed in alternating rounds;
-int8 (calibrated on random images, for speed only) after them. Prints a
-Markdown table with MAdds and the ratio Keras / TFLite.
+int8 (calibrated on random images, for speed only) after them. Random weights,
+with BatchNormalization statistics from two random images
+(``benchmark.batchnorm_from_data``: int8 of a freshly initialised model gets scales
+no trained model has). Prints a Markdown table with MAdds and the ratio Keras / TFLite.
 """
 
 import argparse
@@ -40,6 +42,7 @@ def main(argv=None):
         for size in args.sizes.split(","):
             height, width = (int(v) for v in size.split("x"))
             model = lraspp.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
+            benchmark.batchnorm_from_data(model, rng.uniform(0, 255, (2, height, width, 3)).astype("float32"))
             madds = mobilenet_tf.profile(model).madds
             keras_ms, fp32_ms = (r["latency_ms"] for r in benchmark.bench(
                 model, ["keras", "tflite"], threads=args.threads, repeats=args.repeats))

@@ -52,6 +52,30 @@ def peak_madds_per_second(size=1024, repeats=5):
     return size ** 3 / best
 
 
+def batchnorm_from_data(model, images):
+    """Set every BatchNormalization's moving mean and variance to its batch statistics
+    on ``images`` (N, H, W, 3), nested models included.
+
+    A randomly initialised model keeps mean 0 / variance 1, so its activations shrink
+    layer after layer (to ~1e-6 in V3); int8 then gets scales XNNPACK refuses (an
+    ADD whose input/output scale ratio is below 2^-10 falls back to TFLite's own
+    kernels) and times a graph no trained model has. With data statistics the
+    activations have a trained network's scale. Timing only: accuracy stays random.
+    """
+    from mobilenet_tf.training import schedules
+
+    norms = [layer for layer in schedules.flat_layers(model) if type(layer).__name__ == "BatchNormalization"]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    try:
+        model(tf.convert_to_tensor(images, tf.float32), training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return model
+
+
 def _weight_bytes(model):
     return sum(int(np.prod(w.shape)) * np.dtype(getattr(w.dtype, "as_numpy_dtype", w.dtype)).itemsize
                for w in model.weights)
@@ -64,7 +88,7 @@ def check_backends(backends):
 
 
 def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30, warmup=3,
-          calibration=None, madds=None):
+          calibration=None, madds=None, runtime=None):
     """Latency of ``model`` on each backend, timed in alternating rounds (so their
     ratios are fair) on one random input.
 
@@ -76,6 +100,8 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
         calibration: input batches for "tflite-int8" (default: 8 random batches;
             fine for timing, not for accuracy).
         madds: the model's multiply-adds per image, for the utilisation column.
+        runtime: TFLite interpreter, "litert" or "tensorflow" (None: LiteRT where
+            installed).
 
     Returns:
         A list of dicts: backend, latency_ms (median), p90_ms, images_per_second,
@@ -102,7 +128,7 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
             if quantization == "int8" and data is None:
                 data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
             path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
-            fns.append(export.TFLiteModel(path, threads))
+            fns.append(export.TFLiteModel(path, threads, runtime))
             sizes.append(os.path.getsize(path))
         # Timed while the files exist (the interpreters may map them).
         results = []
@@ -112,6 +138,8 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
             row = dict(backend=backend, latency_ms=median * 1e3,
                        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))] * 1e3,
                        images_per_second=batch / median, model_bytes=int(size))
+            if backend != "keras":
+                row["runtime"] = fns[backends.index(backend)].runtime
             if madds:
                 row["madds_per_ms"] = madds * batch / (median * 1e3)
                 row["peak_share"] = madds * batch / median / peak

@@ -7,12 +7,15 @@
     mobilenet-tf zoo          # the README's model zoo table, measured now
     mobilenet-tf export v3_small --alpha 0.75 --weights run/best.weights.h5 --quantize int8 --out v3s.tflite
     mobilenet-tf bench v3_small --backends keras,tflite,tflite-int8 --threads 2 --json
+    mobilenet-tf compress run/model.keras --prune 0.75 --clusters 16 --qat --data synthetic --out run/compressed
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
 
 def _model_args(parser):
@@ -43,14 +46,52 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="output .tflite path")
     p = sub.add_parser("bench", help="batch latency on Keras and TFLite backends")
     _model_args(p)
-    p.add_argument("--weights", help="a .weights.h5 file (default: random weights)")
+    p.add_argument("--weights", help="a .weights.h5 file (default: random weights, BatchNormalization statistics "
+                                     "set from synthetic images so activations have a trained model's scale)")
     p.add_argument("--backends", default="keras,tflite",
                    help="comma list of keras, tflite, tflite-fp16, tflite-dynamic, tflite-int8")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="TFLite threads (default: TFLite's)")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--runtime", choices=["litert", "tensorflow"], default=None,
+                   help="TFLite interpreter (default: LiteRT where ai-edge-litert is installed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _compress_args(sub.add_parser(
+        "compress", help="prune, cluster and quantize a trained model to int8 TFLite, with the size report "
+                         "(TFMOT under tf_keras, in a child process)"))
     return parser
+
+
+# deep_compression.Config fields the command passes through unchanged.
+COMPRESS_PASS_THROUGH = ("prune_steps", "cluster_steps", "qat_steps", "calibration_images", "batch_size",
+                         "learning_rate", "train_examples", "eval_examples", "seed")
+
+
+def _compress_args(p):
+    import dataclasses
+
+    from mobilenet_tf.deep_compression import Config
+
+    p.add_argument("model_path", help="a .keras file (a recipe's model.keras), or .weights.h5 / .npz (from "
+                                      "weights.save_by_name) with --name, --resolution and --classes")
+    p.add_argument("--name", help="registry name it was built with (default: config.json next to the model file)")
+    p.add_argument("--alpha", type=float, help="width multiplier it was built with (default: config.json, else 1.0)")
+    p.add_argument("--resolution", type=int, help="input side (default: the .keras model's)")
+    p.add_argument("--classes", type=int, help="classes (default: the .keras model's)")
+    p.add_argument("--prune", type=float, default=0.0, help="target sparsity in (0, 1) (default: no pruning)")
+    p.add_argument("--clusters", type=int, default=0, help="shared values per kernel, >= 2 (default: none)")
+    p.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning before int8 (default: "
+                                                      "post-training int8 calibrated on training images)")
+    p.add_argument("--data", default="synthetic", help="fine-tuning / evaluation data: synthetic or a TFDS name")
+    p.add_argument("--data-dir", help="TFDS data dir")
+    p.add_argument("--out", required=True, help="output directory (report.md, metrics.json, int8.tflite, "
+                                                "compressed.keras, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    defaults = {f.name: f for f in dataclasses.fields(Config)}
+    for name in COMPRESS_PASS_THROUGH:
+        field = defaults[name]
+        p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
+                       help=field.metadata["help"])
 
 
 def _build(args):
@@ -67,9 +108,19 @@ def _build(args):
     return mobilenet_tf.build(args.name, **kwargs)
 
 
+def _synthetic_images(count, size):
+    """(count, size, size, 3) synthetic classification images, pixels in [0, 255] as the
+    models take them with include_preprocessing: int8 calibration and BN statistics."""
+    import numpy as np
+
+    from mobilenet_tf.data import synthetic
+
+    dataset = synthetic.synthetic_classification(count, size, seed=1)
+    return np.stack([image for image, _ in dataset.as_numpy_iterator()])
+
+
 def _export(args):
     from mobilenet_tf import export
-    from mobilenet_tf.data import synthetic
 
     if args.quantize == "int8" and args.calibration_images < 1:
         raise ValueError("`--calibration-images` must be >= 1 for --quantize int8.")
@@ -78,8 +129,7 @@ def _export(args):
     if args.quantize == "int8":
         # Representative data: the synthetic classification images at the model's size
         # (pixels in [0, 255], as the models take them with include_preprocessing).
-        images = synthetic.synthetic_classification(args.calibration_images, args.resolution, seed=1)
-        calibration = images.map(lambda image, label: image[None]).as_numpy_iterator()
+        calibration = _synthetic_images(args.calibration_images, args.resolution)[:, None]
     path = export.to_tflite(model, args.out, None if args.quantize == "none" else args.quantize, calibration,
                             calibration_steps=args.calibration_images)
     print(f"{path}: {os.path.getsize(path):,} bytes ({args.quantize})")
@@ -93,8 +143,11 @@ def _bench(args):
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("`--batch` and `--repeats` must be >= 1.")
     model = _build(args)
+    if not args.weights:
+        benchmark.batchnorm_from_data(model, _synthetic_images(16, args.resolution))
     results = benchmark.bench(model, backends, batch=args.batch, threads=args.threads, repeats=args.repeats,
-                              madds=profile(model).madds)
+                              madds=profile(model).madds, runtime=args.runtime,
+                              calibration=_synthetic_images(16, args.resolution)[:, None])
     if args.json:
         print(json.dumps({"model": args.name, "batch": args.batch, "threads": args.threads,
                           "resolution": args.resolution, "results": results}, indent=2))
@@ -106,9 +159,92 @@ def _bench(args):
               f"{r['model_bytes']:>12,} {r['peak_share']:>10.1%}")
 
 
+def _builder_args(args):
+    """(name, alpha, resolution, classes) of the model at ``args.model_path``, from the flags,
+    a config.json beside it (the recipes write one) and the .keras model's shapes."""
+    saved = {}
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.model_path)), "config.json")
+    if os.path.isfile(beside):
+        with open(beside) as f:
+            saved = json.load(f)
+    name = args.name or saved.get("model")
+    if not name:
+        raise ValueError(f"cannot tell which model {args.model_path!r} is: pass --name (and --alpha), or keep the "
+                         "recipe's config.json next to it.")
+    alpha = args.alpha if args.alpha is not None else saved.get("alpha", 1.0)
+    return name, alpha
+
+
+def _compress(args):
+    """Rebuild the model with our builder in Keras 3 and check it reproduces the file,
+    hand its weights by name to ``mobilenet_tf.deep_compression`` in a tf_keras child
+    process, then bring the compressed weights back as compressed.keras / .weights.h5."""
+    import numpy as np
+
+    import mobilenet_tf
+    from mobilenet_tf import weights
+    from mobilenet_tf._keras import keras
+
+    path = args.model_path
+    if not os.path.isfile(path):
+        raise ValueError(f"`model_path` {path!r} does not exist.")
+    if not path.endswith((".keras", ".weights.h5", ".npz")):
+        raise ValueError(f"`model_path` must be a .keras, .weights.h5 or .npz file; got {path!r}.")
+    if not (args.prune == 0 or 0 < args.prune < 1):
+        raise ValueError(f"`--prune` (target sparsity) must be in (0, 1); got {args.prune}.")
+    if args.clusters != 0 and args.clusters < 2:
+        raise ValueError(f"`--clusters` must be >= 2; got {args.clusters}.")
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise ValueError(f"`--data-dir` {args.data_dir!r} is not a directory.")
+    name, alpha = _builder_args(args)
+    resolution, classes = args.resolution, args.classes
+    if path.endswith(".keras"):
+        loaded = keras.saving.load_model(path, compile=False)
+        resolution, classes = resolution or loaded.input_shape[1], classes or loaded.output_shape[-1]
+    if not resolution or not classes:
+        raise ValueError("a weights file does not say the model's input size and classes: pass --resolution and "
+                         "--classes.")
+    width = dict(alpha=alpha) if mobilenet_tf.registry.accepts(name, "alpha") else {}
+    model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3), classes=classes,
+                               include_preprocessing=True, **width)
+    with tempfile.TemporaryDirectory() as tmp:
+        given = os.path.join(tmp, "given.npz")
+        if path.endswith(".keras"):
+            weights.save_by_name(loaded, given)
+            weights.load_by_name(model, given)
+            x = _synthetic_images(4, resolution).astype("float32")
+            expected, rebuilt = np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False))
+            if np.max(np.abs(expected - rebuilt)) > 1e-4 * max(1.0, np.max(np.abs(expected))):
+                raise ValueError(f"{name} (alpha {alpha}, include_preprocessing=True) rebuilt from {path!r} does "
+                                 f"not reproduce its outputs: pass the --name / --alpha it was built with (the "
+                                 f"model must take [0, 255] pixels).")
+        elif path.endswith(".weights.h5"):
+            model.load_weights(path)
+        else:
+            weights.load_by_name(model, path)
+        weights.save_by_name(model, given)
+        command = [sys.executable, "-m", "mobilenet_tf.deep_compression", "--model", name, "--alpha", str(alpha),
+                   "--input-size", str(resolution), "--classes", str(classes), "--weights", given,
+                   "--prune", str(args.prune), "--clusters", str(args.clusters),
+                   "--qat" if args.qat else "--no-qat", "--dataset", args.data, "--output-dir", args.out]
+        command += ["--data-dir", args.data_dir] if args.data_dir else []
+        command += ["--overwrite"] if args.overwrite else []
+        for flag in COMPRESS_PASS_THROUGH:
+            command += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        # TFMOT needs tf_keras, chosen before TensorFlow is imported: a child process.
+        child = subprocess.run(command, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    if child.returncode:
+        return child.returncode
+    weights.load_by_name(model, os.path.join(args.out, "compressed.npz"))
+    model.save(os.path.join(args.out, "compressed.keras"))
+    model.save_weights(os.path.join(args.out, "compressed.weights.h5"))
+    print(f"{args.out}: compressed.keras, compressed.weights.h5, int8.tflite, report.md")
+    return 0
+
+
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = get_args_parser().parse_args(argv)
     from mobilenet_tf import profile, registry, zoo
 
     try:
@@ -129,6 +265,8 @@ def main(argv=None):
             _export(args)
         elif args.command == "bench":
             _bench(args)
+        elif args.command == "compress":
+            return _compress(args)
     except ValueError as error:
         print(f"mobilenet-tf: error: {error}", file=sys.stderr)
         return 2

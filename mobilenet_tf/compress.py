@@ -39,12 +39,17 @@ class LegacyKerasRequired(RuntimeError):
     pass
 
 
-def _tfmot():
+def require_legacy_keras():
+    """Raise ``LegacyKerasRequired`` (saying how to fix it) in a Keras 3 process."""
     if not _keras.LEGACY_KERAS:
         raise LegacyKerasRequired(
             "mobilenet_tf.compress needs tf_keras (tensorflow-model-optimization 0.8 does not support Keras 3): "
             "set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, e.g. run it in its own process "
             "(`TF_USE_LEGACY_KERAS=1 python ...`); `mobilenet-tf compress` and recipes/compress.py do this.")
+
+
+def _tfmot():
+    require_legacy_keras()
     import tensorflow_model_optimization as tfmot
 
     return tfmot

@@ -1,83 +1,88 @@
-"""Pruning, clustering and quantization-aware training of a MobileNetV3 with TFMOT
-(tf_keras, in a subprocess), then int8 TFLite: issue 8's compression core."""
+"""Pruning, clustering and quantization-aware training with TFMOT (tf_keras, in a
+subprocess), then int8 TFLite: `mobilenet-tf compress` on a Keras 3 MobileNetV3, and
+the heads."""
 
+import json
+import os
 import textwrap
 
+import numpy as np
 import pytest
 
 import mobilenet_tf
 from conftest import run_legacy_keras
-from mobilenet_tf import compress
+from mobilenet_tf import cli, compress, export
+from mobilenet_tf._keras import keras
+from mobilenet_tf.data import classification
+from mobilenet_tf.training import schedules
 
-SCRIPT = textwrap.dedent("""
-    import json, os, tempfile
-    import numpy as np
-    import tf_keras
-    import mobilenet_tf
-    from mobilenet_tf import compress, export
-    from mobilenet_tf.data import classification
-    from mobilenet_tf.training import schedules
-
-    size, classes = 48, 10
+def _trained_v3(size=48, classes=10, steps=120):
+    """A Keras 3 V3-Small 0.5 trained briefly on the synthetic classes; its accuracy on
+    the evaluation images the compression pipeline uses."""
+    keras.utils.set_random_seed(0)
+    model = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(size, size, 3), classes=classes,
+                               include_preprocessing=True)
+    schedules.configure_batchnorm(model, momentum=0.9)
     train = classification.make_pipeline(classification.synthetic_split(True, 1280, size, classes), training=True,
-                                         batch_size=32, image_size=size)
+                                         batch_size=32, image_size=size, area_range=(0.25, 1.0))
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
     val = classification.make_pipeline(classification.synthetic_split(False, 200, size, classes), training=False,
                                        batch_size=200, image_size=size)
     images, labels = next(iter(val))
-    images, labels = images.numpy(), labels.numpy()
-
-    def accuracy(model):
-        return float(np.mean(model.predict(images, verbose=0).argmax(-1) == labels))
-
-    def fit(model, lr, steps, callbacks=()):
-        model.compile(tf_keras.optimizers.Adam(lr), "sparse_categorical_crossentropy")
-        model.fit(train, epochs=1, steps_per_epoch=steps, callbacks=list(callbacks), verbose=0)
-
-    out = {}
-    model = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(size, size, 3), classes=classes)
-    schedules.configure_batchnorm(model, momentum=0.9)
-    fit(model, 2e-3, 120)
-    out["float"] = accuracy(model)
-
-    pruned = compress.prune(model, 0.5, end_step=30, frequency=10)
-    fit(pruned, 5e-4, 40, compress.pruning_callbacks())
-    pruned = compress.strip(pruned)
-    out["pruned"], out["sparsity"] = accuracy(pruned), compress.sparsity(pruned)
-
-    clustered = compress.cluster(pruned, 16, preserve_sparsity=True)
-    fit(clustered, 2e-4, 20)
-    clustered = compress.strip(clustered)
-    out["clustered"], out["unique"] = accuracy(clustered), compress.unique_values(clustered)
-    out["clustered_sparsity"] = compress.sparsity(clustered)
-
-    qat = compress.quantize_aware(clustered, "cluster_preserve")
-    fit(qat, 1e-4, 20)
-    out["qat"] = accuracy(qat)
-    out["qat_layers"] = sorted({type(layer).__name__ for layer in qat.layers})
-    path = export.to_tflite(qat, os.path.join(tempfile.mkdtemp(), "qat.tflite"), "qat")
-    tflite = export.TFLiteModel(path)
-    predictions = tflite(images)
-    out["tflite"] = float(np.mean(predictions.argmax(-1) == labels))
-    out["agreement"] = float(np.mean(predictions.argmax(-1) == qat.predict(images, verbose=0).argmax(-1)))
-    out["ops"] = tflite.op_counts()
-    out["int8_tensors"] = sum(d["dtype"] is np.int8 for d in tflite.interpreter.get_tensor_details())
-    print("RESULT" + json.dumps(out))
-""")
+    return model, float(np.mean(np.argmax(model.predict(images, verbose=0), -1) == labels.numpy()))
 
 
-def test_prune_cluster_qat_int8_on_mobilenet_v3():
-    r = run_legacy_keras(SCRIPT, timeout=900)
-    assert r["float"] >= 0.5, r
-    # Pruning: every Conv2D / Dense kernel at the target sparsity (TFMOT rounds per tensor).
-    assert r["sparsity"] and all(abs(s - 0.5) < 0.02 for s in r["sparsity"].values()), r["sparsity"]
-    # Clustering: at most 16 shared values (+ the preserved zero) per kernel, zeros kept.
-    assert max(r["unique"].values()) <= 17 and all(s >= 0.48 for s in r["clustered_sparsity"].values())
-    # QAT wrapped h-swish's Rescaling / Multiply and SE gates (tfmot rejects them unannotated).
-    assert "QuantizeWrapperV2" in r["qat_layers"] and "Rescaling" not in r["qat_layers"]
-    # int8 TFLite: int8 kernels, agrees with the QAT Keras model, accuracy kept.
-    assert r["ops"].get("CONV_2D", 0) > 0 and r["int8_tensors"] > 50
-    assert r["agreement"] >= 0.9, r
-    assert r["tflite"] >= r["float"] - 0.1, r
+def test_cli_compresses_a_keras_3_v3_model_with_prune_cluster_qat(tmp_path):
+    """`mobilenet-tf compress model.keras --prune --clusters --qat`: V3's h-swish, SE and
+    Rescaling through TFMOT under tf_keras in a child process, and back to Keras 3."""
+    model, accuracy = _trained_v3()
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"model": "v3_small", "alpha": 0.5}))  # as recipes write it
+    out = tmp_path / "compressed"
+    assert cli.main(["compress", str(tmp_path / "model.keras"), "--prune", "0.5", "--clusters", "16", "--qat",
+                     "--out", str(out), "--prune-steps", "40", "--cluster-steps", "20", "--qat-steps", "20",
+                     "--train-examples", "1280", "--eval-examples", "200"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    # The weights crossed to tf_keras intact: the float stage scores what Keras 3 scored.
+    assert accuracy >= 0.5 and abs(m["float_accuracy"] - accuracy) <= 0.01, (accuracy, m["float_accuracy"])
+    # Pruning: every Conv2D / Dense kernel at the target sparsity, still there after clustering.
+    assert len(m["sparsity_per_layer"]) > 30
+    assert all(abs(s - 0.5) < 0.02 for s in m["sparsity_per_layer"].values()), m["sparsity_per_layer"]
+    assert m["max_unique_values"] <= 17  # 16 shared values + the preserved zero
+    # int8 TFLite from QAT: agrees with the QAT Keras model, accuracy kept, integer kernels.
+    assert m["int8_method"] == "qat" and m["int8_agreement"] >= 0.9, m
+    assert m["int8_tflite_accuracy"] >= m["float_accuracy"] - 0.1, m
+    int8 = export.TFLiteModel(str(out / "int8.tflite"))
+    assert sum(d["dtype"] is np.int8 for d in int8.interpreter.get_tensor_details()) > 50
+    # Back in Keras 3: the clustered weights, equal to the clustered stage's TFLite file.
+    compressed = keras.saving.load_model(out / "compressed.keras")
+    kernels = [layer.kernel.numpy() for layer in compressed.layers if type(layer).__name__ == "Conv2D"]
+    assert max(np.unique(k).size for k in kernels) <= 17
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(compressed(x)), export.TFLiteModel(str(out / "clustered.tflite"))(x),
+                               atol=1e-4)
+    assert (out / "compressed.weights.h5").exists() and (out / "report.md").exists()
+
+
+def test_cli_compress_bad_input_fails_before_any_work(tmp_path, capsys):
+    model = mobilenet_tf.build("v1", alpha=0.25, input_shape=(32, 32, 3), classes=4, include_preprocessing=True)
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    out = str(tmp_path / "out")
+    cases = [
+        (["missing.keras"], "`model_path` 'missing.keras' does not exist"),
+        ([str(tmp_path / "m.keras"), "--name", "v1", "--prune", "1.5"], "`--prune` (target sparsity) must be in"),
+        ([str(tmp_path / "m.keras"), "--name", "v1", "--clusters", "1"], "`--clusters` must be >= 2; got 1"),
+        ([str(tmp_path / "m.keras")], "cannot tell which model"),
+        ([str(tmp_path / "m.keras"), "--name", "v1", "--alpha", "0.5"], "layer"),  # alpha 0.5: other shapes
+        ([str(tmp_path / "m.keras"), "--name", "v2", "--alpha", "0.25"], "layer"),
+        ([str(tmp_path / "m.weights.h5"), "--name", "v1", "--alpha", "0.25"], "pass --resolution and --classes"),
+    ]
+    for args, message in cases:
+        assert cli.main(["compress", *args, "--out", out]) == 2, args
+        assert message in capsys.readouterr().err, args
+    assert not os.path.exists(out)
 
 
 def test_compress_refuses_keras_3_and_bad_arguments():
@@ -142,10 +147,7 @@ HEADS_SCRIPT = textwrap.dedent("""
 """)
 
 
-# SSDLite prunes, clusters, QATs and converts as well, but on an untrained SSDLite the
-# int8 TFLite-vs-Keras comparison was unstable (cosine -0.11 in one CI run, > 0.98 here),
-# and its conversion is the slowest: it is left out of this test.
-@pytest.mark.parametrize("head", ["facenet", "lraspp"])
+@pytest.mark.parametrize("head", ["facenet", "lraspp", "ssdlite"])
 def test_heads_prune_cluster_and_quantize_to_int8(head):
     r = run_legacy_keras(HEADS_SCRIPT.format(head=head), timeout=900)
     # Every Conv2D / Dense kernel of backbone and head was wrapped; clustering shares <= 8 values.
@@ -154,4 +156,26 @@ def test_heads_prune_cluster_and_quantize_to_int8(head):
     assert r["original_unchanged"], r
     # The QAT model converts to int8 and TFLite computes what the fake-quant Keras model does
     # (per image and output, cosine of TFLite's and Keras' values).
-    assert r["int8_tensors"] > 20 and r["outputs"] == 1 and r["cosine"] > 0.98, r
+    assert r["int8_tensors"] > 20 and r["outputs"] == (2 if head == "ssdlite" else 1), r
+    # An untrained SSDLite's box and class outputs are near 0, below int8's step: its cosine
+    # ranged from -0.11 to > 0.98 between runs, so its fidelity is the trained detector's
+    # test (test_ssdlite_model, recipes/ssdlite_coco.py --tflite int8).
+    assert head == "ssdlite" or r["cosine"] > 0.98, r
+
+
+def test_qat_names_an_unsupported_layer_and_the_fix():
+    """ShuffleNet's ChannelShuffle is a custom layer TFMOT has no QuantizeConfig for."""
+    r = run_legacy_keras(textwrap.dedent("""
+        import json
+        import mobilenet_tf
+        from mobilenet_tf import compress
+        model = mobilenet_tf.build("shufflenet_v2_x0_5", input_shape=(64, 64, 3), classes=4)
+        try:
+            compress.quantize_aware(model)
+            message = None
+        except ValueError as error:
+            message = str(error)
+        print("RESULT" + json.dumps({"message": message}))
+    """), timeout=600)
+    assert r["message"] and "ChannelShuffle" in r["message"], r
+    assert "QuantizeConfig" in r["message"] and "OUTPUT_QUANTIZED" in r["message"], r

@@ -21,9 +21,12 @@ def recipe(*args, **kwargs):
     return run_script("recipes/facenet_distill.py", *args, **kwargs)
 
 
-def test_synthetic_default_distils_a_student_close_to_its_teacher(tmp_path):
+def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
+    # The no-flags preset with 6 + 6 epochs instead of 8 + 8 (the README's run: teacher
+    # 0.928, student 0.922 after epoch 6), to keep the suite's longest test shorter.
     run_dir = tmp_path / "run"
-    proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2")
+    proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2", "--epochs", "6",
+                  "--teacher-epochs", "6")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["student_accuracy"] >= 0.85, metrics

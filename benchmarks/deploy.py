@@ -1,0 +1,106 @@
+"""On-device latency per backbone: Keras vs TFLite fp32 / fp16 / int8 at batch 1, and
+the roofline. Prints the README's deployment table.
+
+    python benchmarks/deploy.py                        # the MobileNets at 224, 2 threads
+    python benchmarks/deploy.py --models v3_small --resolution 160 --repeats 100
+
+Random weights with BatchNormalization statistics taken from synthetic images
+(``benchmark.batchnorm_from_data``: without them activations shrink to ~1e-6 and
+int8 gets scales no trained model has); int8 is calibrated on synthetic images.
+A model's TFLite files are timed in alternating rounds of one run (median; on this
+shared 2-core VM only ratios within a row are stable), on the LiteRT interpreter
+where installed, with XNNPACK; Keras (a ``tf.function``, no XLA) after them.
+
+Roofline: MAdds / the peak multiply-add rate of this machine, measured as the best
+float32 1024x1024 matmul TensorFlow runs here (all cores); "fp32 / roofline" is how
+far TFLite fp32 is from that bound. For V3 the same run also times h-swish written
+x * (ReLU6(x + 3) / 6) ("fused"): the converter turns that into a HARD_SWISH op
+XNNPACK has no int8 kernel for, the layout our V3 avoids (``blocks.hard_swish``).
+"""
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import mobilenet_tf  # noqa: E402
+from mobilenet_tf import benchmark, blocks, export  # noqa: E402
+from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf.data import synthetic  # noqa: E402
+
+
+def fused_hard_swish(x, name):
+    """h-swish as x * (ReLU6(x + 3) / 6): TFLite fuses it into HARD_SWISH."""
+    return keras.layers.Multiply(name=name)([x, blocks.hard_sigmoid(x, name + "_gate")])
+
+
+def synthetic_images(count, size):
+    data = synthetic.synthetic_classification(count, size, seed=1)
+    return np.stack([image for image, _ in data.as_numpy_iterator()]).astype("float32")
+
+
+def build(name, resolution, images, fused=False):
+    original = blocks.hard_swish
+    blocks.hard_swish = fused_hard_swish if fused else original
+    try:
+        model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3))
+    finally:
+        blocks.hard_swish = original
+    return benchmark.batchnorm_from_data(model, images[:16])
+
+
+def measure(name, resolution, threads, repeats, images, tmp):
+    """{column: ms} for one model, its TFLite files timed in one alternation."""
+    model = build(name, resolution, images)
+    calibration = images[:, None]
+    files = {"fp32": export.to_tflite(model, os.path.join(tmp, "fp32.tflite")),
+             "fp16": export.to_tflite(model, os.path.join(tmp, "fp16.tflite"), "float16"),
+             "int8": export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)}
+    if name.startswith("v3") and "minimalistic" not in name:
+        fused = build(name, resolution, images, fused=True)
+        files["fused fp32"] = export.to_tflite(fused, os.path.join(tmp, "fused_fp32.tflite"))
+        files["fused int8"] = export.to_tflite(fused, os.path.join(tmp, "fused_int8.tflite"), "int8", calibration)
+    interpreters = {column: export.TFLiteModel(path, threads) for column, path in files.items()}
+    x = images[:1]
+    ms = {column: seconds * 1e3 for column, seconds in
+          zip(interpreters, benchmark.median_seconds(list(interpreters.values()), x, repeats))}
+    keras_fn = tf.function(lambda batch: model(batch, training=False))
+    ms["keras"] = benchmark.median_seconds([keras_fn], x, max(10, repeats // 5))[0] * 1e3
+    partitions = {column: it.op_counts().get("DELEGATE", 0) for column, it in interpreters.items()}
+    return ms, partitions, mobilenet_tf.profile(model).madds, interpreters["fp32"].runtime
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="v1,v2,v3_large,v3_small")
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    images = synthetic_images(32, args.resolution)
+    peak = benchmark.peak_madds_per_second()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            rows.append((name,) + measure(name, args.resolution, args.threads, args.repeats, images, tmp))
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {rows[0][4]} interpreter, {args.threads} threads, "
+          f"batch 1, {args.resolution}x{args.resolution}; peak {peak / 1e9:.1f} GMAdds/s (float32 1024^3 matmul)\n")
+    print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 "
+          "| roofline ms | fp32 / roofline | int8 XNNPACK partitions | fused h-swish: fp32 ms, int8 ms, partitions |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, ms, partitions, madds, _ in rows:
+        roofline = madds / peak * 1e3
+        fused = (f"{ms['fused fp32']:.2f}, {ms['fused int8']:.2f}, {partitions['fused int8']}"
+                 if "fused int8" in ms else "-")
+        print(f"| {name} | {madds / 1e6:.0f}M | {ms['keras']:.1f} | {ms['fp32']:.2f} | {ms['fp16']:.2f} "
+              f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
+              f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {partitions['int8']} | {fused} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
