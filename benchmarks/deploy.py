@@ -13,9 +13,11 @@ where installed, with XNNPACK; Keras (a ``tf.function``, no XLA) after them.
 
 Roofline: MAdds / the peak multiply-add rate of this machine, measured as the best
 float32 1024x1024 matmul TensorFlow runs here (all cores); "fp32 / roofline" is how
-far TFLite fp32 is from that bound. For V3 the same run also times h-swish written
-x * (ReLU6(x + 3) / 6) ("fused"): the converter turns that into a HARD_SWISH op
-XNNPACK has no int8 kernel for, the layout our V3 avoids (``blocks.hard_swish``).
+far TFLite fp32 is from that bound. For V3 the same run also times the old layout,
+h-swish built as x * (ReLU6(x + 3) / 6) in the model itself: the converter fuses it
+into a HARD_SWISH op in int8 too, which XNNPACK has no int8 kernel for. Ours builds
+(x / 6) * ReLU6(x + 3) (``blocks.hard_swish``) and converts float files from the fused
+layout (``export.fuse_hard_swish``).
 """
 
 import argparse
@@ -91,7 +93,7 @@ def main(argv=None):
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {rows[0][4]} interpreter, {args.threads} threads, "
           f"batch 1, {args.resolution}x{args.resolution}; peak {peak / 1e9:.1f} GMAdds/s (float32 1024^3 matmul)\n")
     print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 "
-          "| roofline ms | fp32 / roofline | int8 XNNPACK partitions | fused h-swish: fp32 ms, int8 ms, partitions |")
+          "| roofline ms | fp32 / roofline | int8 XNNPACK partitions | old h-swish layout: fp32 ms, int8 ms, int8 partitions |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ms, partitions, madds, _ in rows:
         roofline = madds / peak * 1e3

@@ -108,6 +108,9 @@ def hard_sigmoid(x, name):
     return layers.Rescaling(1.0 / 6.0, name=name)(x)
 
 
+HARD_SWISH_GATE, HARD_SWISH_SCALED = "_gate", "_scaled"  # hard_swish's helper layers: name + these
+
+
 def hard_swish(x, name):
     """h-swish(x) = x * ReLU6(x + 3) / 6 (V3 paper section 5.2), from stock layers,
     computed as (x / 6) * ReLU6(x + 3).
@@ -116,13 +119,14 @@ def hard_swish(x, name):
     converter fuses it into one HARD_SWISH op, which XNNPACK runs in float but
     not in int8; every h-swish then split the int8 graph between XNNPACK and
     TFLite's own kernels (21 partitions in V3-Small), making int8 2.4x slower
-    than fp32. In this form all of it stays in XNNPACK (int8 V3-Small 1.2 ms vs
-    3.5 ms, fp32 1.7 ms vs 1.4 ms: ``benchmarks/deploy.py``). Helpers are
-    ``name + "_shift"`` (x + 3), ``name + "_gate"`` (ReLU6) and ``name + "_scaled"`` (x / 6).
+    than fp32. In this form all of it stays in XNNPACK (int8 V3-Small 1.02 ms vs
+    3.90 ms: ``benchmarks/deploy.py``); float TFLite files are converted from the
+    fused layout (``export.fuse_hard_swish``). Helpers are ``name + "_shift"``
+    (x + 3), ``name + "_gate"`` (ReLU6) and ``name + "_scaled"`` (x / 6).
     """
     gate = layers.Rescaling(1.0, offset=3.0, name=name + "_shift")(x)
-    gate = layers.ReLU(6.0, name=name + "_gate")(gate)
-    scaled = layers.Rescaling(1.0 / 6.0, name=name + "_scaled")(x)
+    gate = layers.ReLU(6.0, name=name + HARD_SWISH_GATE)(gate)
+    scaled = layers.Rescaling(1.0 / 6.0, name=name + HARD_SWISH_SCALED)(x)
     return layers.Multiply(name=name)([scaled, gate])
 
 

@@ -72,8 +72,9 @@ def _compress_args(p):
 
     from mobilenet_tf.deep_compression import Config
 
-    p.add_argument("model_path", help="a .keras file (a recipe's model.keras), or .weights.h5 / .npz (from "
-                                      "weights.save_by_name) with --name, --resolution and --classes")
+    p.add_argument("model_path", help="a classifier: a .keras file (recipes/imagenet.py's model.keras), or "
+                                      ".weights.h5 / .npz (from weights.save_by_name) with --name, --resolution "
+                                      "and --classes")
     p.add_argument("--name", help="registry name it was built with (default: config.json next to the model file)")
     p.add_argument("--alpha", type=float, help="width multiplier it was built with (default: config.json, else 1.0)")
     p.add_argument("--resolution", type=int, help="input side (default: the .keras model's)")
@@ -160,8 +161,8 @@ def _bench(args):
 
 
 def _builder_args(args):
-    """(name, alpha, resolution, classes) of the model at ``args.model_path``, from the flags,
-    a config.json beside it (the recipes write one) and the .keras model's shapes."""
+    """(registry name, alpha) of the model at ``args.model_path``: the flags, else the
+    config.json beside it (recipes/imagenet.py writes one, keys "model" and "alpha")."""
     saved = {}
     beside = os.path.join(os.path.dirname(os.path.abspath(args.model_path)), "config.json")
     if os.path.isfile(beside):
@@ -196,6 +197,9 @@ def _compress(args):
         raise ValueError(f"`--clusters` must be >= 2; got {args.clusters}.")
     if args.data_dir and not os.path.isdir(args.data_dir):
         raise ValueError(f"`--data-dir` {args.data_dir!r} is not a directory.")
+    if os.path.exists(os.path.join(args.out, "metrics.json")) and not args.overwrite:
+        raise ValueError(f"`--out` {args.out!r} holds a finished run (metrics.json exists); pass --overwrite to "
+                         "replace it or choose another --out.")
     name, alpha = _builder_args(args)
     resolution, classes = args.resolution, args.classes
     if path.endswith(".keras"):

@@ -70,7 +70,10 @@ def test_cli_compress_bad_input_fails_before_any_work(tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     model.save_weights(tmp_path / "m.weights.h5")
     out = str(tmp_path / "out")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
     cases = [
+        ([str(tmp_path / "m.keras"), "--name", "v1", "--out", str(tmp_path / "done")], "holds a finished run"),
         (["missing.keras"], "`model_path` 'missing.keras' does not exist"),
         ([str(tmp_path / "m.keras"), "--name", "v1", "--prune", "1.5"], "`--prune` (target sparsity) must be in"),
         ([str(tmp_path / "m.keras"), "--name", "v1", "--clusters", "1"], "`--clusters` must be >= 2; got 1"),
@@ -80,7 +83,7 @@ def test_cli_compress_bad_input_fails_before_any_work(tmp_path, capsys):
         ([str(tmp_path / "m.weights.h5"), "--name", "v1", "--alpha", "0.25"], "pass --resolution and --classes"),
     ]
     for args, message in cases:
-        assert cli.main(["compress", *args, "--out", out]) == 2, args
+        assert cli.main(["compress", *args, *([] if "--out" in args else ["--out", out])]) == 2, args
         assert message in capsys.readouterr().err, args
     assert not os.path.exists(out)
 

@@ -23,19 +23,30 @@ def test_batchnorm_from_data_makes_inference_match_the_batch_statistics():
     assert all(layer.momentum == 0.99 for layer in model.layers if type(layer).__name__ == "BatchNormalization")
 
 
-def test_int8_v3_runs_entirely_on_xnnpack(tmp_path):
-    """h-swish as (x / 6) * ReLU6(x + 3): no HARD_SWISH op, which XNNPACK has no int8
-    kernel for, so the int8 graph is split into no more partitions than fp32's."""
+def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp_path):
+    """h-swish as (x / 6) * ReLU6(x + 3): no HARD_SWISH op in int8 (XNNPACK has no int8
+    kernel for it), so the int8 graph is split into no more partitions than fp32's;
+    float files are converted from x * (ReLU6(x + 3) / 6), one HARD_SWISH op each."""
     model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(96, 96, 3))
     images = _images(8, 96)
     benchmark.batchnorm_from_data(model, images)
     fp32 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "fp32.tflite")), threads=2)
     int8 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "int8.tflite"), "int8", images[:, None]),
                               threads=2)
-    int8_ops = int8.op_counts()
-    assert "HARD_SWISH" not in int8_ops and int8_ops["MUL"] >= 19
-    assert int8_ops["DELEGATE"] == fp32.op_counts()["DELEGATE"] <= 2
+    swishes = sum(layer.name + "_scaled" in {other.name for other in model.layers} for layer in model.layers)
+    int8_ops, fp32_ops = int8.op_counts(), fp32.op_counts()
+    assert swishes == 19 and fp32_ops["HARD_SWISH"] == swishes and "HARD_SWISH" not in int8_ops
+    assert int8_ops["DELEGATE"] == fp32_ops["DELEGATE"] <= 2
     np.testing.assert_allclose(fp32(images[:2]), np.asarray(model(images[:2])), atol=1e-5)
+    # The fused graph shares the model's layers and leaves the model itself alone.
+    fused = export.fuse_hard_swish(model)
+    fused_names = [layer.name for layer in fused.layers]
+    assert sum(n.endswith("_over_6") for n in fused_names) == swishes and not any(n.endswith("_scaled")
+                                                                                  for n in fused_names)
+    assert fused.get_layer("conv") is model.get_layer("conv")
+    np.testing.assert_allclose(np.asarray(fused(images[:2])), np.asarray(model(images[:2])), atol=1e-6)
+    plain = mobilenet_tf.build("v2", alpha=0.35, input_shape=(96, 96, 3))
+    assert export.fuse_hard_swish(plain) is plain
 
 
 def test_litert_and_tensorflow_interpreters_agree(tmp_path):

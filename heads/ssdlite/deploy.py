@@ -155,6 +155,8 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
         raise ValueError(f"`quantization` must be None, 'fp32' or 'int8'; got {quantization!r}.")
     if quantization == "int8" and representative_images is None:
         raise ValueError("`quantization='int8'` needs `representative_images`.")
+    if quantization != "int8":  # float: h-swish as one HARD_SWISH op (see export.fuse_hard_swish)
+        model = export.fuse_hard_swish(model)
     graph = _TFLiteGraph(model, score_threshold, activation)
     calibration = export.calibration_generator(representative_images, calibration_steps)
     with tempfile.TemporaryDirectory() as saved_model:
