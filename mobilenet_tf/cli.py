@@ -63,8 +63,8 @@ def get_args_parser():
 
 
 # deep_compression.Config fields the command passes through unchanged.
-COMPRESS_PASS_THROUGH = ("prune_steps", "cluster_steps", "qat_steps", "calibration_images", "batch_size",
-                         "learning_rate", "train_examples", "eval_examples", "seed")
+COMPRESS_PASS_THROUGH = ("prune_steps", "cluster_steps", "centroid_init", "qat_steps", "calibration_images",
+                         "batch_size", "learning_rate", "train_examples", "eval_examples", "seed")
 
 
 def _compress_args(p):
@@ -92,7 +92,7 @@ def _compress_args(p):
     for name in COMPRESS_PASS_THROUGH:
         field = defaults[name]
         p.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
-                       help=field.metadata["help"])
+                       help=field.metadata["help"], choices=field.metadata.get("choices"))
 
 
 def _build(args):

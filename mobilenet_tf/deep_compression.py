@@ -54,6 +54,7 @@ class Config:
     prune_steps: int = field(160, "pruning fine-tuning steps (sparsity reaches the target at 3/4 of them)")
     clusters: Optional[int] = field(16, "shared values per kernel (>= 2); 0: no clustering")
     cluster_steps: int = field(60, "clustering fine-tuning steps")
+    centroid_init: str = field("kmeans_plus_plus", "how cluster centroids start", choices=compress.CENTROID_INITS)
     qat: bool = field(True, "quantization-aware fine-tuning before int8 (else post-training int8)")
     qat_steps: int = field(60, "quantization-aware fine-tuning steps")
     calibration_images: int = field(200, "post-training int8 (--no-qat): training images to calibrate on")
@@ -155,7 +156,8 @@ def main(config):
         record("pruned", export.to_tflite(current, run.path("pruned.tflite")), keras_predict(current))
         scheme = "prune_preserve"
     if config.clusters:
-        clustered = compress.cluster(current, config.clusters, preserve_sparsity=bool(config.prune))
+        clustered = compress.cluster(current, config.clusters, init=config.centroid_init,
+                                     preserve_sparsity=bool(config.prune))
         current = compress.strip(fit(clustered, train_ds, config.learning_rate / 10, config.cluster_steps))
         record("clustered", export.to_tflite(current, run.path("clustered.tflite")), keras_predict(current))
         scheme = "cluster_preserve"

@@ -1,8 +1,11 @@
 """On-device export: TFLite (fp32, float16, dynamic-range, full-integer int8).
 
-Always converted through ``model.export()`` (a SavedModel) and
-``tf.lite.TFLiteConverter.from_saved_model``: on this project's 2-core CPU the
-same V3-Small converted from concrete functions ran about 20x slower.
+Always converted through a SavedModel (Keras 3: ``model.export()``; tf_keras, for
+QAT models: a module holding only the serving function) and
+``tf.lite.TFLiteConverter.from_saved_model``: on this project's 2-core CPU the same
+V3-Small converted from concrete functions ran about 20x slower. Float files are
+converted with h-swish fused (``fuse_hard_swish``), int8 files without. Files run on
+the LiteRT interpreter where installed (``TFLiteModel``).
 """
 
 import os
@@ -98,7 +101,10 @@ def fuse_hard_swish(model):
             return keras.layers.Rescaling(1.0 / 6.0, name=name + "_over_6")(outputs)  # ReLU6(x + 3) / 6
         return outputs
 
-    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call, recursive=True)
+    # Cloned from an uncompiled view of the same graph: clone_model recompiles a compiled
+    # model from its config, which fails for losses not registered as serializable.
+    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    return keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call, recursive=True)
 
 
 def calibration_generator(representative_data, steps):
