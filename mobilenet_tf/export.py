@@ -103,7 +103,8 @@ def fuse_hard_swish(model):
 
     # Cloned from an uncompiled view of the same graph: clone_model recompiles a compiled
     # model from its config, which fails for losses not registered as serializable.
-    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    # ``input``/``output`` (not the flat ``inputs``/``outputs``) keep dict outputs a dict.
+    view = keras.Model(model.input, model.output, name=model.name)
     return keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call, recursive=True)
 
 

@@ -51,6 +51,10 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     np.testing.assert_allclose(np.asarray(fused(images[:2])), np.asarray(model(images[:2])), atol=1e-6)
     plain = mobilenet_tf.build("v2", alpha=0.35, input_shape=(96, 96, 3))
     assert export.fuse_hard_swish(plain) is plain
+    # Dict outputs stay a dict (the SSDLite deploy graph reads output["classes"]).
+    named = keras.Model(model.input, {"features": model.get_layer("conv").output, "logits": model.output})
+    fused_named = export.fuse_hard_swish(named)
+    assert isinstance(fused_named.output, dict) and set(fused_named.output) == {"features", "logits"}
 
 
 def test_litert_and_tensorflow_interpreters_agree(tmp_path):
