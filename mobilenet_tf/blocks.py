@@ -118,9 +118,9 @@ def hard_swish(x, name):
     That order is chosen for int8: written x * (ReLU6(x + 3) / 6), the TFLite
     converter fuses it into one HARD_SWISH op, which XNNPACK runs in float but
     not in int8; every h-swish then split the int8 graph between XNNPACK and
-    TFLite's own kernels (21 partitions in V3-Small), making int8 2.4x slower
-    than fp32. In this form all of it stays in XNNPACK (int8 V3-Small 1.02 ms vs
-    3.90 ms: ``benchmarks/deploy.py``); float TFLite files are converted from the
+    TFLite's own kernels (21 partitions in V3-Small), making int8 2.6x slower
+    than fp32. In this form all of it stays in XNNPACK (int8 V3-Small 1.28 ms vs
+    4.22 ms at 224, 2 threads: ``benchmarks/deploy.py``); float TFLite files are converted from the
     fused layout (``export.fuse_hard_swish``). Helpers are ``name + "_shift"``
     (x + 3), ``name + "_gate"`` (ReLU6) and ``name + "_scaled"`` (x / 6).
     """

@@ -10,7 +10,11 @@
 Flags left at their default (None) take the schedule's paper value (see
 ``mobilenet_tf.training.schedules``) or, for the synthetic dataset, a small CPU
 setting. The run directory gets config.json, checkpoints, TensorBoard logs,
-history.csv, metrics.json, curves.png, model.keras and a SavedModel.
+history.csv, metrics.json, curves.png, model.keras and a SavedModel; with
+``--tflite fp32,int8`` also model_fp32.tflite / model_int8.tflite (int8:
+post-training, calibrated on training images), each evaluated on the validation
+set: metrics.json's "tflite" has every file's top-1, its top-1 agreement with the
+Keras model and its bytes.
 """
 
 import dataclasses
@@ -21,7 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 import mobilenet_tf  # noqa: E402
+from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.data import classification  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
@@ -66,6 +73,8 @@ class Config(config_lib.RunOptions):
     synthetic_eval_examples: int = field(1000, "synthetic evaluation images")
     steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
     steps_per_execution: int = field(1, "train steps per tf.function call")
+    tflite: str = field("", "also export and evaluate TFLite: comma list of fp32, float16, dynamic, int8")
+    calibration_images: int = field(200, "int8 TFLite: training images to calibrate activation ranges on")
     output_dir: str = field("runs/imagenet", "run directory")
     weights: Optional[str] = field(None, "'imagenet' or a .weights.h5 file to start from / evaluate")
 
@@ -90,11 +99,12 @@ def resolve(config):
         raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
     if resolved.eval_only and not resolved.weights:
         raise ValueError("`--eval-only` needs --weights (a .weights.h5 file or 'imagenet').")
-    for name in ("epochs", "global_batch_size", "image_size", "steps_per_execution"):
+    for name in ("epochs", "global_batch_size", "image_size", "steps_per_execution", "calibration_images"):
         if getattr(resolved, name) < 1:
             raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
     if not 0 <= resolved.ema < 1:
         raise ValueError(f"`--ema` must be in [0, 1); got {resolved.ema}.")
+    export.parse_formats(resolved.tflite)
     return resolved
 
 
@@ -179,10 +189,37 @@ def main(config):
     if history:
         engine.plot_history(history, run.path("curves.png"))
     engine.export_model(model, run)
+    formats = export.parse_formats(config.tflite)
+    if formats:
+        # Calibrate on training images as evaluated (center crop); --eval-only on TFDS has
+        # no training split and calibrates on validation images.
+        calibration = classification.make_pipeline(train_split or val_split, training=False, batch_size=1,
+                                                   image_size=config.image_size)
+        calibration = calibration.map(lambda image, label: image)
+        metrics["tflite"] = {}
+        for fmt in formats:
+            path = export.to_tflite(model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration,
+                                    calibration_steps=config.calibration_images)
+            metrics["tflite"][fmt] = evaluate_tflite(path, model, val_ds, eval_steps)
+            print(f"{fmt} TFLite: top-1 {metrics['tflite'][fmt]['top1']:.4f}, agrees with Keras on "
+                  f"{metrics['tflite'][fmt]['agreement']:.4f}, {metrics['tflite'][fmt]['bytes']} bytes")
     engine.write_metrics(run, metrics)
     print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({metrics['epochs']} epochs, {metrics['images_per_second']:.0f} img/s)"
           f"  -> {run.root}")
     return metrics
+
+
+def evaluate_tflite(path, model, val_ds, steps):
+    """A .tflite classifier on ``steps`` batches of ``val_ds`` (images, one-hot labels):
+    {"top1", "agreement" (share of images where its top-1 is the Keras model's), "bytes"}."""
+    tflite = export.TFLiteModel(path)
+    hits = agreements = seen = 0
+    for images, one_hot in val_ds.take(steps):
+        predicted = np.argmax(tflite(images), -1)
+        hits += int(np.sum(predicted == np.argmax(one_hot, -1)))
+        agreements += int(np.sum(predicted == np.argmax(model(images, training=False), -1)))
+        seen += len(predicted)
+    return dict(top1=hits / seen, agreement=agreements / seen, bytes=os.path.getsize(path))
 
 
 def get_args_parser():
