@@ -47,7 +47,7 @@ COCO_DEFAULTS = dict(backbone="v3_large", input_size=320, epochs=round(400_000 *
                      warmup_epochs=2000 * REFERENCE_BATCH / COCO_TRAIN_IMAGES, bn_momentum=ssdlite.model.BN_MOMENTUM,
                      eval_every=10, shuffle_buffer=256)
 # What the synthetic default changes so that it learns on a CPU in minutes (lrs at batch 512).
-SYNTHETIC_DEFAULTS = dict(backbone="v3_small", input_size=160, epochs=5, global_batch_size=32, learning_rate=2.0,
+SYNTHETIC_DEFAULTS = dict(backbone="v3_small", input_size=160, epochs=6, global_batch_size=32, learning_rate=2.0,
                           warmup_learning_rate=0.2, warmup_epochs=0.5, bn_momentum=0.9, eval_every=1,
                           shuffle_buffer=1000)
 TFLITE_FORMATS = ("fp32", "int8")
@@ -68,7 +68,7 @@ class Config(config_lib.RunOptions):
                                "paper: softmax with 3:1 negatives)", choices=list(losses.LOSSES))
     zoom_out: bool = field(False, "SSD's zoom-out (expansion) augmentation, for small objects")
     colour_jitter: bool = field(False, "SSD's photometric distortions")
-    epochs: Optional[int] = field(None, "epochs (default: 400k steps at batch 512 = 1731 COCO epochs; synthetic 5)")
+    epochs: Optional[int] = field(None, "epochs (default: 400k steps at batch 512 = 1731 COCO epochs; synthetic 6)")
     steps_per_epoch: Optional[int] = field(None, "default: training images / global batch")
     global_batch_size: Optional[int] = field(None, "batch over all replicas (default 64; synthetic 32)")
     learning_rate: Optional[float] = field(None, "peak lr at batch 512, scaled to --global-batch-size "

@@ -152,7 +152,7 @@ HEADS_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("head", ["facenet", "lraspp", "ssdlite"])
 def test_heads_prune_cluster_and_quantize_to_int8(head):
-    r = run_legacy_keras(HEADS_SCRIPT.format(head=head), timeout=900)
+    r = run_legacy_keras(HEADS_SCRIPT.format(head=head), timeout=1800)
     # Every Conv2D / Dense kernel of backbone and head was wrapped; clustering shares <= 8 values.
     assert r["pruned_kernels"] == r["clustered_kernels"] > 14 and r["max_unique"] <= 8, r
     # TFMOT's wrappers must not change the caller's model (cluster_weights used to strip its kernels).
@@ -179,6 +179,6 @@ def test_qat_names_an_unsupported_layer_and_the_fix():
         except ValueError as error:
             message = str(error)
         print("RESULT" + json.dumps({"message": message}))
-    """), timeout=600)
+    """), timeout=1200)
     assert r["message"] and "ChannelShuffle" in r["message"], r
     assert "QuantizeConfig" in r["message"] and "OUTPUT_QUANTIZED" in r["message"], r

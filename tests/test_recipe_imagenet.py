@@ -113,7 +113,7 @@ def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         procs.append(recipe(*TINY, "--epochs", "1", "--strategy", "multi_worker", "--output-dir", str(run_dir),
                             env={"TF_CONFIG": tf_config}, wait=False))
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    outputs = [p.communicate(timeout=1800)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert read_metrics(run_dir)["replicas"] == 2
 

@@ -31,12 +31,12 @@ def test_synthetic_default_learns_and_exports(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics
-    assert metrics["epochs"] == 5 and metrics["backbone"] == "v3_small" and metrics["eval_images"] == 200
+    assert metrics["epochs"] == 6 and metrics["backbone"] == "v3_small" and metrics["eval_images"] == 200
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "detections.png", "model.keras",
                  "saved_model", "detector", "detector_fp32.tflite", "detector_int8.tflite"):
         assert (run_dir / name).exists(), name
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert "val_map50" in history[0] and len(history) == 6
+    assert "val_map50" in history[0] and len(history) == 7
 
     # detections.json is COCO results json: pycocotools re-scores it to the same AP.
     gt = json.loads((run_dir / "ground_truth.json").read_text())

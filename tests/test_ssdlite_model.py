@@ -199,6 +199,6 @@ def test_int8_detector_survives_boxes_clipped_to_nothing(tmp_path):
     import sys
 
     script = OFF_IMAGE_INT8.replace("{path}", str(tmp_path / "off.tflite"))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1200,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert proc.returncode == 0 and "CONVERTED" in proc.stdout, proc.stderr[-2000:]
