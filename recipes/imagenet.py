@@ -191,9 +191,13 @@ def main(config):
     engine.export_model(model, run)
     formats = export.parse_formats(config.tflite)
     if formats:
-        # Calibrate on training images as evaluated (center crop); --eval-only on TFDS has
-        # no training split and calibrates on validation images.
-        calibration = classification.make_pipeline(train_split or val_split, training=False, batch_size=1,
+        # Calibrate on shuffled training images as evaluated (center crop; a folder split
+        # lists its images class by class); --eval-only on TFDS has no training split and
+        # calibrates on validation images.
+        source = train_split or val_split
+        shuffled = dataclasses.replace(source, dataset=source.dataset.shuffle(10 * config.calibration_images,
+                                                                              seed=config.seed))
+        calibration = classification.make_pipeline(shuffled, training=False, batch_size=1,
                                                    image_size=config.image_size)
         calibration = calibration.map(lambda image, label: image)
         metrics["tflite"] = {}
@@ -209,12 +213,13 @@ def main(config):
     return metrics
 
 
-def evaluate_tflite(path, model, val_ds, steps):
-    """A .tflite classifier on ``steps`` batches of ``val_ds`` (images, one-hot labels):
+def evaluate_tflite(path, model, val_ds, steps, batch_size=64):
+    """A .tflite classifier on ``steps`` batches of ``val_ds`` (images, one-hot labels),
+    fed ``batch_size`` images at a time (the interpreter allocates for the whole batch):
     {"top1", "agreement" (share of images where its top-1 is the Keras model's), "bytes"}."""
     tflite = export.TFLiteModel(path)
     hits = agreements = seen = 0
-    for images, one_hot in val_ds.take(steps):
+    for images, one_hot in val_ds.take(steps).unbatch().batch(batch_size):
         predicted = np.argmax(tflite(images), -1)
         hits += int(np.sum(predicted == np.argmax(one_hot, -1)))
         agreements += int(np.sum(predicted == np.argmax(model(images, training=False), -1)))
