@@ -200,31 +200,35 @@ def main(config):
         calibration = classification.make_pipeline(shuffled, training=False, batch_size=1,
                                                    image_size=config.image_size)
         calibration = calibration.map(lambda image, label: image)
-        metrics["tflite"] = {}
-        for fmt in formats:
-            path = export.to_tflite(model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration,
-                                    calibration_steps=config.calibration_images)
-            metrics["tflite"][fmt] = evaluate_tflite(path, model, val_ds, eval_steps)
-            print(f"{fmt} TFLite: top-1 {metrics['tflite'][fmt]['top1']:.4f}, agrees with Keras on "
-                  f"{metrics['tflite'][fmt]['agreement']:.4f}, {metrics['tflite'][fmt]['bytes']} bytes")
+        paths = {fmt: export.to_tflite(model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration,
+                                       calibration_steps=config.calibration_images) for fmt in formats}
+        metrics["tflite"] = evaluate_tflite(paths, model, val_ds, eval_steps)
+        for fmt, result in metrics["tflite"].items():
+            print(f"{fmt} TFLite: top-1 {result['top1']:.4f}, agrees with Keras on {result['agreement']:.4f}, "
+                  f"{result['bytes']} bytes")
     engine.write_metrics(run, metrics)
     print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({metrics['epochs']} epochs, {metrics['images_per_second']:.0f} img/s)"
           f"  -> {run.root}")
     return metrics
 
 
-def evaluate_tflite(path, model, val_ds, steps, batch_size=64):
-    """A .tflite classifier on ``steps`` batches of ``val_ds`` (images, one-hot labels),
-    fed ``batch_size`` images at a time (the interpreter allocates for the whole batch):
-    {"top1", "agreement" (share of images where its top-1 is the Keras model's), "bytes"}."""
-    tflite = export.TFLiteModel(path)
-    hits = agreements = seen = 0
+def evaluate_tflite(paths, model, val_ds, steps, batch_size=64):
+    """.tflite classifiers ({format: path}) on ``steps`` batches of ``val_ds`` (images,
+    one-hot labels), one pass with the Keras model run once per image, fed
+    ``batch_size`` images at a time (an interpreter allocates for the whole batch):
+    {format: {"top1", "agreement" (share of images where its top-1 is the Keras
+    model's), "bytes"}}."""
+    files = {fmt: export.TFLiteModel(path) for fmt, path in paths.items()}
+    hits, agreements, seen = dict.fromkeys(paths, 0), dict.fromkeys(paths, 0), 0
     for images, one_hot in val_ds.take(steps).unbatch().batch(batch_size):
-        predicted = np.argmax(tflite(images), -1)
-        hits += int(np.sum(predicted == np.argmax(one_hot, -1)))
-        agreements += int(np.sum(predicted == np.argmax(model(images, training=False), -1)))
-        seen += len(predicted)
-    return dict(top1=hits / seen, agreement=agreements / seen, bytes=os.path.getsize(path))
+        labels, reference = np.argmax(one_hot, -1), np.argmax(model(images, training=False), -1)
+        for fmt, tflite in files.items():
+            predicted = np.argmax(tflite(images), -1)
+            hits[fmt] += int(np.sum(predicted == labels))
+            agreements[fmt] += int(np.sum(predicted == reference))
+        seen += len(labels)
+    return {fmt: dict(top1=hits[fmt] / seen, agreement=agreements[fmt] / seen, bytes=os.path.getsize(path))
+            for fmt, path in paths.items()}
 
 
 def get_args_parser():
