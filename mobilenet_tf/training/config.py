@@ -84,6 +84,8 @@ class RunOptions:
     force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
     jit_compile: bool = field(False, "compile the train step with XLA")
     overwrite: bool = field(False, "replace a finished run in --output-dir")
+    strict_data: bool = field(False, "stop before training at the first unreadable image of a folder dataset "
+                                     "(default: skip it and list it in skipped_files.txt)")
     eval_only: bool = field(False, "only evaluate --weights")
     seed: int = field(0, "random seed")
     deterministic: bool = field(False, "deterministic ops and input order (slower)")
