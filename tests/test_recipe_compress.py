@@ -12,6 +12,7 @@ SMALL = ["--model", "v1", "--alpha", "0.5", "--input-size", "48", "--train-steps
          "--cluster-steps", "30", "--qat-steps", "30", "--train-examples", "1280", "--eval-examples", "200"]
 
 
+@pytest.mark.slow
 def test_compress_pipeline_and_size_report(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("recipes/compress.py", *SMALL, "--output-dir", str(run_dir))

@@ -21,6 +21,7 @@ def recipe(*args, **kwargs):
     return run_script("recipes/facenet_distill.py", *args, **kwargs)
 
 
+@pytest.mark.slow
 def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     # The no-flags preset with 6 + 6 epochs instead of 8 + 8 (the README's run: teacher
     # 0.928, student 0.922 after epoch 6), to keep the suite's longest test shorter.
@@ -68,6 +69,7 @@ def _identity_folders(root, identities, images, size=40, seed=0, lfw_names=False
     return root
 
 
+@pytest.mark.slow
 def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(tmp_path):
     train_dir = _identity_folders(tmp_path / "train", 8, 4)
     (train_dir / "Person_999").mkdir()
@@ -114,6 +116,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_and_resume_keeps_the_teacher(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--synthetic-train-identities", "20", "--synthetic-eval-identities", "20",

@@ -18,6 +18,7 @@ def recipe(*args, **kwargs):
     return run_script("recipes/imagenet.py", *args, **kwargs)
 
 
+@pytest.mark.slow
 def test_synthetic_default_learns_and_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -46,6 +47,7 @@ def test_synthetic_default_learns_and_writes_the_run_directory(tmp_path):
     assert read_metrics(tmp_path / "eval")["top1"] >= 0.9
 
 
+@pytest.mark.slow
 def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     proc = recipe("--model", "shufflenet_v2_x0_5", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -53,6 +55,7 @@ def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]
@@ -76,6 +79,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     proc = recipe(*TINY, "--epochs", "2", "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -83,6 +87,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_logical_cpus(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
@@ -103,6 +108,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
     import h5py
 

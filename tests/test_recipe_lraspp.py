@@ -18,6 +18,7 @@ def recipe(*args, **kwargs):
     return run_script("recipes/lraspp_cityscapes.py", *args, **kwargs)
 
 
+@pytest.mark.slow
 def test_synthetic_default_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -50,6 +51,7 @@ def test_synthetic_default_learns_and_exports_tflite(tmp_path):
     assert read_metrics(tmp_path / "eval")["miou"] >= 0.6
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))

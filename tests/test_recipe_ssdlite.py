@@ -25,6 +25,7 @@ def _eval_images(n=8, size=160):
     return next(iter(ds))[0].numpy()
 
 
+@pytest.mark.slow
 def test_synthetic_default_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -83,6 +84,7 @@ def test_synthetic_default_learns_and_exports(tmp_path):
         float(line.split(",")[history[0].split(",").index("val_map")]) for line in history[1:]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_mirrored_with_hard_negative_mining(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2", "--loss",
                   "hard_negative_mining", "--output-dir", str(tmp_path / "run"))
@@ -95,6 +97,7 @@ def test_mirrored_with_hard_negative_mining(tmp_path):
     assert float(row[header.index("val_map")]) == pytest.approx(metrics["map"])
 
 
+@pytest.mark.slow
 def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     """MultiWorkerMirroredStrategy (one worker here) takes the engine's own loop, which
     sums the two SSDLite losses per example; it trains, evaluates and checkpoints."""
