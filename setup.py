@@ -18,6 +18,9 @@ setup(
         "tf_keras",
         "tensorflow-model-optimization",
         "tensorflow-datasets",
+        # tensorflow-datasets 4.9.10 imports importlib_resources to prepare any dataset but
+        # declares it only for Python < 3.9, and etils >= 1.15 no longer brings it.
+        "importlib_resources",
         "tensorboard",
         "pycocotools",
         "matplotlib",
