@@ -22,7 +22,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf.data import classification, identities, tfds_builder
+from mobilenet_tf.data import classification, identities, image_check, tfds_builder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LFW_CENTRE_CROP = 0.6  # 150 of LFW's 250 pixels: the face and little background
@@ -42,6 +42,7 @@ class FaceSplit:
         crop_fraction: central fraction of the shorter side kept before resizing.
         skipped: what was left out and why, e.g. {"identities_with_fewer_than_2_images": 3}.
         files: the relative file names ("Name/Name_0001.jpg") when known (to read pairs.txt).
+        check: folder splits: the ``image_check.CheckReport`` (unreadable files and why).
     """
 
     sources: object
@@ -51,6 +52,7 @@ class FaceSplit:
     crop_fraction: float = 1.0
     skipped: dict = dataclasses.field(default_factory=dict)
     files: list = None
+    check: object = None
 
     def __len__(self):
         return len(self.labels)
@@ -106,28 +108,38 @@ def array_split(images, labels, names=None):
     return FaceSplit(images, "array", labels.astype(np.int32), names)
 
 
-def folder_split(directory, min_images=2, check_images=True):
+def folder_split(directory, min_images=2, check_images=True, strict=False, check_cache=None):
     """A folder of identity subfolders of face crops (VGGFace2 / CASIA-WebFace layout).
 
     Identities with fewer than ``min_images`` images are skipped and counted (a
-    triplet needs two images of one identity); with ``check_images`` every file's
-    header is read and unreadable files are skipped and counted.
+    triplet needs two images of one identity); with ``check_images`` every file is
+    decoded once as training will (``image_check.check_files``, cached) and
+    unreadable files are skipped, counted and listed in the split's ``check``
+    report, or with ``strict`` raise ``ValueError``. ``check_cache``: the check's
+    cache folder (default: the user cache; False: none).
 
     Raises:
-        ValueError: the folder does not exist or holds no usable identity.
+        ValueError: the folder does not exist or holds no usable identity; with
+            ``strict``, an unreadable file.
     """
     if not directory or not os.path.isdir(directory):
         raise ValueError(f"face folder {directory!r} does not exist; it must hold one subfolder of face images "
                          "per identity.")
     skipped = {f"identities_with_fewer_than_{min_images}_images": 0, "unreadable_files": 0}
-    files, labels, names = [], [], []
+    found = {}
     for name in sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))):
-        found = sorted(f for f in os.listdir(os.path.join(directory, name)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        paths = [os.path.join(name, f) for f in found]
-        if check_images:
-            readable = [p for p in paths if _readable(os.path.join(directory, p))]
-            skipped["unreadable_files"] += len(paths) - len(readable)
-            paths = readable
+        found[name] = [os.path.join(name, f) for f in sorted(os.listdir(os.path.join(directory, name)))
+                       if f.lower().endswith(IMAGE_EXTENSIONS)]
+    report = None
+    if check_images:
+        every = [os.path.join(directory, p) for paths in found.values() for p in paths]
+        good, report = image_check.check_files(every, cache_dir=check_cache)
+        report.raise_if_strict(strict)
+        skipped["unreadable_files"] = len(report.unreadable)
+        good = set(good)
+        found = {name: [p for p in paths if os.path.join(directory, p) in good] for name, paths in found.items()}
+    files, labels, names = [], [], []
+    for name, paths in found.items():
         if len(paths) < min_images:
             skipped[f"identities_with_fewer_than_{min_images}_images"] += 1
             continue
@@ -138,18 +150,7 @@ def folder_split(directory, min_images=2, check_images=True):
         raise ValueError(f"face folder {directory!r} needs at least 2 identity subfolders with >= {min_images} "
                          f"images ({', '.join(IMAGE_EXTENSIONS)}); found {len(names)} (skipped: {skipped}).")
     return FaceSplit([os.path.join(directory, f) for f in files], "file", np.asarray(labels, np.int32), names,
-                     skipped=skipped, files=files)
-
-
-def _readable(path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:
-        return False
+                     skipped=skipped, files=files, check=report)
 
 
 def lfw_split(data_dir=None, download=True, crop_fraction=LFW_CENTRE_CROP):
@@ -175,10 +176,12 @@ def lfw_split(data_dir=None, download=True, crop_fraction=LFW_CENTRE_CROP):
     return FaceSplit([encoded[i] for i in order], "bytes", labels[order], names, crop_fraction)
 
 
-def lfw_folder_split(directory, crop_fraction=LFW_CENTRE_CROP):
+def lfw_folder_split(directory, crop_fraction=LFW_CENTRE_CROP, strict=False, check_cache=None):
     """LFW's image folder (``lfw/Name/Name_0001.jpg``, from lfw.tgz or an aligned
-    version of it): every identity, even with one image, since pairs.txt uses them."""
-    split = folder_split(directory, min_images=1, check_images=False)
+    version of it): every identity, even with one image, since pairs.txt uses them.
+    Every file is decoded once (see ``folder_split``); unreadable ones are skipped
+    (a pairs.txt line naming one then says so) or, with ``strict``, refused."""
+    split = folder_split(directory, min_images=1, strict=strict, check_cache=check_cache)
     split.crop_fraction = crop_fraction
     return split
 
@@ -282,7 +285,10 @@ def read_pairs_file(path, split):
     def image(name, number, line_no):
         key = f"{name}/{name}_{int(number):04d}.jpg"
         if key not in index:
-            raise ValueError(f"{path!r} line {line_no}: image {key!r} is not in the LFW folder.")
+            unreadable = [reason for file, reason in (split.check.unreadable if split.check else [])
+                          if file.replace(os.sep, "/").endswith("/" + key)]
+            why = f" (it is unreadable and was skipped: {unreadable[0]})" if unreadable else ""
+            raise ValueError(f"{path!r} line {line_no}: image {key!r} is not in the LFW folder{why}.")
         return index[key]
 
     first, second, same, fold = [], [], [], []

@@ -13,10 +13,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf.data import BAD_DATA, shapes, tfds_builder
+from mobilenet_tf.data import BAD_DATA, image_check, shapes, tfds_builder
 from mobilenet_tf.data.classification import Split, batched
 
 IGNORE_LABEL = 255
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # --dataset folder images; labels are .png
 MEAN_PIXEL = 127.5  # the padding value; the model maps it to 0 after its [-1, 1] rescaling
 
 # Cityscapes label ids -> 19 train ids (cityscapesScripts helpers/labels.py); all others -> ignore.
@@ -83,18 +84,44 @@ def cityscapes_split(split, data_dir=None, download=True, name="cityscapes/seman
     return Split(ds, tfds_builder.num_examples(builder, split, ds), len(CITYSCAPES_CLASSES), list(CITYSCAPES_NAMES))
 
 
-def folder_split(images_dir, labels_dir, num_classes, class_names=None):
+def folder_split(images_dir, labels_dir, num_classes, class_names=None, strict=False, check_cache=None):
     """Images and label PNGs paired by file stem (``a.jpg`` <-> ``a.png``); label values
-    are train ids in [0, num_classes) or ``IGNORE_LABEL``."""
+    are train ids in [0, num_classes) or ``IGNORE_LABEL``.
+
+    Every image and label is decoded once first, as training will
+    (``image_check.check_files``, cached): a pair with an unreadable file is left
+    out, as are images without a label and labels without an image; all of them
+    are listed with their reason in the split's ``check`` report, or with
+    ``strict`` the first raises ``ValueError``. ``check_cache``: the check's cache
+    folder (default: the user cache; False: none).
+    """
     for flag, directory in (("--images-dir", images_dir), ("--labels-dir", labels_dir)):
         if not directory or not os.path.isdir(directory):
             raise ValueError(f"`{flag}` {directory!r} is not a directory.")
     stem = lambda f: os.path.splitext(f)[0]
-    labels = {stem(f): os.path.join(labels_dir, f) for f in os.listdir(labels_dir) if f.lower().endswith(".png")}
-    images = sorted(f for f in os.listdir(images_dir) if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    labels = {stem(f): os.path.join(labels_dir, f)
+              for f in sorted(os.listdir(labels_dir)) if f.lower().endswith(".png")}
+    images = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
     pairs = [(os.path.join(images_dir, f), labels[stem(f)]) for f in images if stem(f) in labels]
     if not pairs:
         raise ValueError(f"no image in {images_dir!r} has a label PNG of the same name in {labels_dir!r}.")
+    image_stems = {stem(f) for f in images}
+    unpaired = [(os.path.join(images_dir, f), f"image without a label: no {stem(f)}.png in {labels_dir}")
+                for f in images if stem(f) not in labels]
+    unpaired += [(path, f"label without an image: no {name}{{{','.join(IMAGE_EXTENSIONS)}}} in {images_dir}")
+                 for name, path in labels.items() if name not in image_stems]
+    good_images, report = image_check.check_files([image for image, _ in pairs], cache_dir=check_cache)
+    good_labels, label_report = image_check.check_files([label for _, label in pairs], reader="pil",
+                                                        cache_dir=check_cache)
+    report = report.merge(label_report)
+    report.unreadable.sort(key=lambda entry: entry[0])
+    report.unpaired = unpaired
+    report.raise_if_strict(strict)
+    good_images, good_labels = set(good_images), set(good_labels)
+    pairs = [(image, label) for image, label in pairs if image in good_images and label in good_labels]
+    if not pairs:
+        raise ValueError(f"no image in {images_dir!r} and its label PNG in {labels_dir!r} both decode (e.g. "
+                         f"{report.unreadable[0][0]}: {report.unreadable[0][1]}).")
     check_folder_pairs(pairs, num_classes)
 
     def load(image_path, label_path):
@@ -107,7 +134,7 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None):
 
     ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs)))).map(load, tf.data.AUTOTUNE)
     names = class_names or [f"class_{i}" for i in range(num_classes)]
-    return Split(ds, len(pairs), num_classes, names)
+    return Split(ds, len(pairs), num_classes, names, check=report)
 
 
 LABEL_PNG_MODES = ("L", "P")  # 8-bit grey, 8-bit palette
@@ -127,7 +154,11 @@ def check_folder_pairs(pairs, num_classes):
     from PIL import Image
 
     for image_path, label_path in pairs:
-        with Image.open(image_path) as image, Image.open(label_path) as label:
+        try:
+            image = Image.open(image_path)
+        except OSError as error:  # decodes in TensorFlow, but PIL cannot read its size
+            raise ValueError(f"cannot read the size of image {image_path}: {error}") from None
+        with image, Image.open(label_path) as label:
             if image.size != label.size:
                 raise ValueError(f"image {image_path} is {image.size[0]}x{image.size[1]} but its label "
                                  f"{label_path} is {label.size[0]}x{label.size[1]}; they must be the same size.")

@@ -12,10 +12,11 @@ horizontal flip. Evaluation: central crop of 87.5% (224 of 256) resized to S.
 
 import dataclasses
 import os
+from typing import Optional
 
 import tensorflow as tf
 
-from mobilenet_tf.data import synthetic, tfds_builder
+from mobilenet_tf.data import image_check, synthetic, tfds_builder
 
 MANUAL_DOWNLOAD_HELP = {
     "imagenet2012": (
@@ -30,12 +31,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 @dataclasses.dataclass
 class Split:
     """A dataset split: ``(image (H, W, 3), label)`` examples; the label is an int
-    for classification, a (H, W, 1) map of class ids for segmentation."""
+    for classification, a (H, W, 1) map of class ids for segmentation. Folder
+    splits carry their ``image_check.CheckReport`` (files skipped and why) in
+    ``check``; other splits have None."""
 
     dataset: tf.data.Dataset
     num_examples: int
     num_classes: int
     class_names: list
+    check: Optional[image_check.CheckReport] = None
 
 
 def synthetic_split(training, num_examples, image_size, num_classes=10, seed=0):
@@ -43,8 +47,14 @@ def synthetic_split(training, num_examples, image_size, num_classes=10, seed=0):
     return Split(ds, num_examples, num_classes, synthetic.class_names(num_classes))
 
 
-def folder_split(directory, class_names=None):
-    """A folder with one subfolder of images per class (sorted names = label ids)."""
+def folder_split(directory, class_names=None, strict=False, check_cache=None):
+    """A folder with one subfolder of images per class (sorted names = label ids).
+
+    Every file is decoded once first (``image_check.check_files``, cached):
+    unreadable files are left out and listed in the split's ``check`` report, or
+    with ``strict`` raise ``ValueError``. ``check_cache``: the check's cache
+    folder (default: the user cache; False: none).
+    """
     if not directory or not os.path.isdir(directory):
         raise ValueError(f"image folder {directory!r} does not exist; it must contain one subfolder per class.")
     names = class_names or sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
@@ -58,13 +68,21 @@ def folder_split(directory, class_names=None):
     if len(names) < 2 or not files:
         raise ValueError(f"image folder {directory!r} needs at least 2 class subfolders with images "
                          f"({', '.join(IMAGE_EXTENSIONS)}); found {len(names)} classes, {len(files)} images.")
+    good, report = image_check.check_files(files, cache_dir=check_cache)
+    report.raise_if_strict(strict)
+    if not good:
+        raise ValueError(f"image folder {directory!r}: none of its {len(files)} images decodes (e.g. "
+                         f"{report.unreadable[0][0]}: {report.unreadable[0][1]}).")
+    keep = set(good)
+    files, labels = zip(*[(f, label) for f, label in zip(files, labels) if f in keep])
+    files, labels = list(files), list(labels)
 
     def load(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return image, label
 
     ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    return Split(ds, len(files), len(names), names)
+    return Split(ds, len(files), len(names), names, check=report)
 
 
 def tfds_split(name, split, data_dir=None, download=True):
