@@ -18,47 +18,56 @@ import sys
 import tempfile
 
 
-def _model_args(parser):
+# What --alpha, --resolution and --classes mean when not given (and, for export /
+# bench with --weights, when no config.json of a recipe run lies next to the file).
+MODEL_DEFAULTS = dict(alpha=1.0, resolution=224, classes=1000)
+
+
+def _model_args(parser, from_run=False):
+    beside = "the config.json of the run next to --weights, else " if from_run else ""
     parser.add_argument("name", help="model name (see `mobilenet-tf list`)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier (default 1.0)")
-    parser.add_argument("--resolution", type=int, default=224, help="input height = width (default 224)")
+    parser.add_argument("--alpha", type=float, help=f"MobileNet width multiplier (default: {beside}1.0)")
+    parser.add_argument("--resolution", type=int, help=f"input height = width (default: {beside}224)")
     parser.add_argument("--minimalistic", action="store_true", help="V3 only: 3x3, ReLU, no SE")
-    parser.add_argument("--classes", type=int, default=1000, help="classes of the top (default 1000)")
+    parser.add_argument("--classes", type=int, help=f"classes of the top (default: {beside}1000)")
     parser.add_argument("--no-top", action="store_true", help="backbone only, without the classifier")
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(prog="mobilenet-tf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mobilenet-tf", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list model names")
-    _model_args(sub.add_parser("summary", help="print the Keras summary of a model"))
-    p = sub.add_parser("profile", help="params and multiply-adds of a model")
+    sub.add_parser("list", help="list model names", allow_abbrev=False)
+    _model_args(sub.add_parser("summary", help="print the Keras summary of a model", allow_abbrev=False))
+    p = sub.add_parser("profile", help="params and multiply-adds of a model", allow_abbrev=False)
     _model_args(p)
     p.add_argument("--per-layer", action="store_true", help="one row per layer")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("zoo", help="the model zoo table (Markdown), measured")
-    p = sub.add_parser("export", help="write a .tflite file (fp32, float16, dynamic or int8)")
-    _model_args(p)
-    p.add_argument("--weights", help="a .weights.h5 file (default: random weights)")
-    p.add_argument("--quantize", default="none", choices=["none", "float16", "dynamic", "int8"])
+    sub.add_parser("zoo", help="the model zoo table (Markdown), measured", allow_abbrev=False)
+    p = sub.add_parser("export", help="write a .tflite file (fp32, float16, dynamic or int8)", allow_abbrev=False)
+    _model_args(p, from_run=True)
+    p.add_argument("--weights", help="a .weights.h5 file (default: random weights); a recipe run's config.json "
+                                     "next to it gives --alpha, --resolution and --classes")
+    p.add_argument("--quantize", default="none", choices=["none", "float16", "dynamic", "int8"],
+                   help="weights / activations format (default none: float32)")
     p.add_argument("--calibration-images", type=int, default=200,
                    help="int8: synthetic images to calibrate on (default 200)")
-    p.add_argument("--out", required=True, help="output .tflite path")
-    p = sub.add_parser("bench", help="batch latency on Keras and TFLite backends")
-    _model_args(p)
+    p.add_argument("--out", required=True, help="output .tflite path (missing folders are made)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p = sub.add_parser("bench", help="batch latency on Keras and TFLite backends", allow_abbrev=False)
+    _model_args(p, from_run=True)
     p.add_argument("--weights", help="a .weights.h5 file (default: random weights, BatchNormalization statistics "
                                      "set from synthetic images so activations have a trained model's scale)")
     p.add_argument("--backends", default="keras,tflite",
                    help="comma list of keras, tflite, tflite-fp16, tflite-dynamic, tflite-int8")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="TFLite threads (default: TFLite's)")
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--batch", type=int, default=1, help="images per call, >= 1 (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="TFLite threads, >= 1 (default: TFLite's)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per backend, >= 1 (default 30)")
     p.add_argument("--runtime", choices=["litert", "tensorflow"], default=None,
                    help="TFLite interpreter (default: LiteRT where ai-edge-litert is installed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _compress_args(sub.add_parser(
         "compress", help="prune, cluster and quantize a trained model to int8 TFLite, with the size report "
-                         "(TFMOT under tf_keras, in a child process)"))
+                         "(TFMOT under tf_keras, in a child process)", allow_abbrev=False))
     return parser
 
 
@@ -95,18 +104,139 @@ def _compress_args(p):
                        help=field.metadata["help"], choices=field.metadata.get("choices"))
 
 
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not read {path!r} ({type(error).__name__}: {error}); repair or remove it.") from None
+
+
+def _run_settings(args):
+    """{"alpha", "resolution", "classes", "include_preprocessing"} that a recipe run
+    says about ``args.weights``, and the config.json path ({} and None without one).
+
+    recipes/imagenet.py writes config.json ("model", "alpha", "image_size",
+    "dataset", "synthetic_classes") and, when it finishes, metrics.json
+    ("num_classes"); ``mobilenet-tf compress`` / mobilenet_tf.deep_compression write
+    "model", "alpha", "input_size", "classes". Both build with
+    include_preprocessing=True ([0, 255] pixels). The detection, segmentation and
+    FaceNet recipes name a "backbone": their weights are not a classifier's.
+    """
+    weights = getattr(args, "weights", None)
+    if not weights or not os.path.isfile(weights):  # none, "imagenet", or missing (the builder says so)
+        return {}, None
+    folder = os.path.dirname(os.path.abspath(weights))
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return {}, None
+    saved = _read_json(path)
+    if "model" not in saved:
+        kind = f"a `backbone` ({saved['backbone']!r})" if "backbone" in saved else "no `model`"
+        raise ValueError(f"{path} (next to --weights {weights!r}) names {kind}: these are not the weights of a "
+                         "registry classifier, which `mobilenet-tf export` / `bench` build. Export the run's "
+                         "model.keras with mobilenet_tf.export.to_tflite (or rerun the recipe with --tflite); for "
+                         "a classifier's weights, move that config.json away and pass --alpha, --resolution and "
+                         "--classes.")
+    if saved["model"] != args.name:
+        raise ValueError(f"`name` is {args.name!r} but {path} says --weights {weights!r} is a {saved['model']!r}: "
+                         f"pass {saved['model']!r} as the name (or move that config.json away to build "
+                         f"{args.name!r} from the flags alone).")
+    settings = dict(include_preprocessing=True)
+    if saved.get("alpha") is not None:
+        settings["alpha"] = float(saved["alpha"])
+    for key in ("image_size", "input_size", "resolution"):
+        if saved.get(key) is not None:
+            settings["resolution"] = int(saved[key])
+            break
+    classes = saved.get("classes", saved.get("num_classes"))
+    metrics = os.path.join(folder, "metrics.json")
+    if classes is None and os.path.isfile(metrics):
+        classes = _read_json(metrics).get("num_classes")
+    if classes is None and saved.get("dataset") == "synthetic":
+        classes = saved.get("synthetic_classes")
+    if classes is not None:
+        settings["classes"] = int(classes)
+    return settings, path
+
+
+def _model_settings(args):
+    """Fill ``args.alpha`` / ``resolution`` / ``classes``: the flag, else the recipe run's
+    config.json next to ``--weights``, else ``MODEL_DEFAULTS``. Returns a dict of
+    extra builder arguments and, per setting, where its value came from."""
+    saved, path = _run_settings(args)
+    sources = {}
+    for key, default in MODEL_DEFAULTS.items():
+        if getattr(args, key) is not None:
+            sources[key] = f"--{key}"
+        elif key in saved:
+            setattr(args, key, saved[key])
+            sources[key] = path
+        else:
+            setattr(args, key, default)
+            sources[key] = "default"
+    return {"include_preprocessing": True} if saved.get("include_preprocessing") else {}, sources
+
+
+def _h5_shapes(path):
+    import h5py
+
+    shapes = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: shapes.__setitem__(name, item.shape) if isinstance(item, h5py.Dataset)
+                     else None)
+    return shapes
+
+
+def _weights_mismatch(args, kwargs, sources, error):
+    """A ``ValueError`` saying why ``args.weights`` does not load into the model of
+    ``kwargs``: the classes of its top when only they differ, else which flags to check."""
+    import mobilenet_tf
+
+    built = ", ".join(f"{key} {getattr(args, key)} ({sources[key]})" for key in MODEL_DEFAULTS)
+    advice = ("pass the --alpha, --classes (and --minimalistic / --no-top) the weights were trained with, or keep "
+              "the recipe run's config.json next to the weights file")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = os.path.join(tmp, "fresh.weights.h5")
+            mobilenet_tf.build(args.name, **{k: v for k, v in kwargs.items() if k != "weights"}).save_weights(fresh)
+            ours = _h5_shapes(fresh)
+        theirs = _h5_shapes(args.weights)
+    except (OSError, ValueError):
+        ours, theirs = {}, None
+    if ours and set(ours) == set(theirs):
+        differ = [(ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]]
+        if differ and all(len(a) == len(b) and a[:-1] == b[:-1] and a[-1] == args.classes for a, b in differ):
+            found = differ[0][1][-1]
+            return ValueError(f"`--weights` {args.weights!r} has a {found}-class top but the model was built with "
+                              f"--classes {args.classes} ({sources['classes']}): pass --classes {found}.")
+    detail = str(error).splitlines()[0][:300]
+    return ValueError(f"`--weights` {args.weights!r} does not fit {args.name} built with {built}: {advice}. "
+                      f"({detail})")
+
+
 def _build(args):
     import mobilenet_tf
 
+    extra, sources = _model_settings(args)
     kwargs = dict(input_shape=(args.resolution, args.resolution, 3), include_top=not args.no_top,
                   classes=args.classes)
     if args.alpha != 1.0 or mobilenet_tf.registry.accepts(args.name, "alpha"):
         kwargs["alpha"] = args.alpha  # a family without alpha refuses it by name
     if args.minimalistic:
         kwargs["minimalistic"] = True
-    if getattr(args, "weights", None):
-        kwargs["weights"] = args.weights
-    return mobilenet_tf.build(args.name, **kwargs)
+    for key, value in extra.items():
+        if mobilenet_tf.registry.accepts(args.name, key):
+            kwargs[key] = value
+    if not getattr(args, "weights", None):
+        return mobilenet_tf.build(args.name, **kwargs)
+    kwargs["weights"] = args.weights
+    try:
+        return mobilenet_tf.build(args.name, **kwargs)
+    except ValueError as error:
+        if not str(error).startswith("could not load `weights`"):
+            raise
+        raise _weights_mismatch(args, kwargs, sources, error) from None
 
 
 def _synthetic_images(count, size):
@@ -120,11 +250,37 @@ def _synthetic_images(count, size):
     return np.stack([image for image, _ in dataset.as_numpy_iterator()])
 
 
+def _check_out(args):
+    """Refuse an ``--out`` that cannot or should not be written, before any conversion."""
+    out = args.out
+    if os.path.isdir(out):
+        raise ValueError(f"`--out` {out!r} is a folder; give a file path such as "
+                         f"{os.path.join(out, args.name + '.tflite')!r}.")
+    if os.path.exists(out):
+        if args.weights and os.path.isfile(args.weights) and os.path.samefile(out, args.weights):
+            raise ValueError(f"`--out` {out!r} is the --weights file; choose another path (a .tflite file).")
+        if not args.overwrite:
+            raise ValueError(f"`--out` {out!r} exists; pass --overwrite to replace it, or choose another path.")
+        if not os.access(out, os.W_OK):
+            raise ValueError(f"`--out` {out!r} exists and is not writable; choose another path.")
+        return
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(folder):  # missing folders are made when the file is written
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"`--out` {out!r} cannot be written: {folder!r} is a file, not a folder; choose another "
+                         "--out.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"`--out` {out!r} cannot be written: no permission to write in {folder!r}; choose a "
+                         "writable folder.")
+
+
 def _export(args):
     from mobilenet_tf import export
 
     if args.quantize == "int8" and args.calibration_images < 1:
-        raise ValueError("`--calibration-images` must be >= 1 for --quantize int8.")
+        raise ValueError(f"`--calibration-images` must be >= 1 for --quantize int8; got {args.calibration_images}.")
+    _check_out(args)
     model = _build(args)
     calibration = None
     if args.quantize == "int8":
@@ -141,8 +297,11 @@ def _bench(args):
 
     backends = [b for b in args.backends.split(",") if b]
     benchmark.check_backends(backends)
-    if args.batch < 1 or args.repeats < 1:
-        raise ValueError("`--batch` and `--repeats` must be >= 1.")
+    for flag in ("batch", "repeats", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            default = " (or leave it out for TFLite's default)" if flag == "threads" else ""
+            raise ValueError(f"`--{flag}` must be an integer >= 1; got {value}. Pass --{flag} 1 or more{default}.")
     model = _build(args)
     if not args.weights:
         benchmark.batchnorm_from_data(model, _synthetic_images(16, args.resolution))

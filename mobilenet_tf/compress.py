@@ -12,7 +12,7 @@ What TFMOT cannot do on MobileNets out of the box, and how it is met here:
   the weighted layers only, so every model works.
 - ``quantize_model`` rejects ``Rescaling`` (the input scaling and h-swish's
   ``x/6``, ``x+3``), ``Multiply`` (h-swish, squeeze-excite gates, LR-ASPP's gate) and
-  ``UnitNormalization`` (FaceNet's embedding): these weightless layers get
+  ``L2Normalization`` (FaceNet's embedding; ``UnitNormalization`` too): these weightless layers get
   ``OutputQuantizeConfig`` (an 8-bit moving-average quantizer on the
   output, what TFLite's int8 kernels compute), so V1/V2/V3 train quantization-aware
   with no layer rewrite. A weighted layer TFMOT does not support raises a
@@ -145,7 +145,7 @@ def _output_quantize_config():
     return OutputQuantizeConfig
 
 
-OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "UnitNormalization")  # weightless layers TFMOT's default scheme rejects
+OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "UnitNormalization", "L2Normalization")  # weightless layers TFMOT's default scheme rejects
 QAT_SCHEMES = ("default", "prune_preserve", "cluster_preserve")
 
 

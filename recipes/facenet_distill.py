@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf.data import image_check  # noqa: E402
 from mobilenet_tf.heads.facenet import data, losses, model as model_lib, verification  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules, strategy as strategy_lib  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
@@ -71,37 +72,42 @@ OPTIMIZERS = {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam
 class Config(config_lib.RunOptions):
     """Distil a FaceNet-style teacher into a MobileNet face embedding (V1 paper 4.7)."""
 
+    # What a None field takes: "real data" with --train-dir, else "synthetic" (the help lists these values).
+    PRESETS = {"real data": REAL_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS}
+
     backbone: str = field("v1", "student backbone (registry name)")
-    alpha: Optional[float] = field(None, "student width multiplier (default 1.0; synthetic 0.5)")
-    input_size: Optional[int] = field(None, "student input side (default 160; synthetic 64)")
+    alpha: Optional[float] = field(None, "student width multiplier")
+    input_size: Optional[int] = field(None, "student input side")
     embedding_dim: int = field(128, "embedding size (FaceNet: 128)")
     dropout_rate: float = field(0.2, "dropout before the embedding layer")
     teacher: Optional[str] = field(None, "a Keras model file mapping faces to embeddings; else one is trained here")
     teacher_backbone: Optional[str] = field(None, "teacher trained here: a registry name or one of "
-                                                  f"{sorted(model_lib.KERAS_APPLICATIONS)} (default "
-                                                  "inception_resnet_v2; synthetic v1)")
-    teacher_alpha: Optional[float] = field(None, "teacher width multiplier, registry backbones (default 1.0)")
-    teacher_input_size: Optional[int] = field(None, "teacher input side (default: --input-size)")
+                                                  f"{sorted(model_lib.KERAS_APPLICATIONS)}")
+    teacher_alpha: Optional[float] = field(None, "teacher width multiplier, registry backbones")
+    teacher_input_size: Optional[int] = field(None, "teacher input side", default_text="--input-size")
     teacher_weights: Optional[str] = field(None, "teacher backbone init: 'imagenet' or a .weights.h5")
-    teacher_epochs: Optional[int] = field(None, "teacher training epochs (default 50; synthetic 8)")
-    teacher_learning_rate: Optional[float] = field(None, "teacher lr (default 0.05 AdaGrad; synthetic 2e-3 Adam)")
-    epochs: Optional[int] = field(None, "student epochs (default 50; synthetic 8)")
-    steps_per_epoch: Optional[int] = field(None, "default: training images / (P x K)")
-    identities_per_batch: Optional[int] = field(None, "P identities per batch (default 45; synthetic 16)")
-    images_per_identity: Optional[int] = field(None, "K images per identity (default 4)")
-    optimizer: Optional[str] = field(None, "adagrad (FaceNet) | adam | sgd", choices=[None, *OPTIMIZERS])
-    learning_rate: Optional[float] = field(None, "student lr (default 0.05; synthetic 2e-3), cosine-decayed")
-    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum (default 0.99; synthetic 0.9)")
+    teacher_epochs: Optional[int] = field(None, "teacher training epochs")
+    teacher_learning_rate: Optional[float] = field(None, "teacher lr (with --optimizer)")
+    epochs: Optional[int] = field(None, "student epochs")
+    steps_per_epoch: Optional[int] = field(None, "training steps per epoch",
+                                           default_text="training images / (P x K)")
+    identities_per_batch: Optional[int] = field(None, "P identities per batch")
+    images_per_identity: Optional[int] = field(None, "K images per identity")
+    optimizer: Optional[str] = field(None, "adagrad (FaceNet) | adam | sgd", choices=list(OPTIMIZERS))
+    learning_rate: Optional[float] = field(None, "student lr, cosine-decayed")
+    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum")
     margin: float = field(losses.FACENET_MARGIN, "triplet margin (FaceNet 0.2)")
     mining: str = field("semi_hard", "triplet mining", choices=list(losses.MINING))
     distill_weight: float = field(1.0, "weight of ||student - teacher||^2 (V1 paper: the whole loss)")
-    triplet_weight: Optional[float] = field(None, "weight of the student's triplet loss (default 0)")
-    train_dir: Optional[str] = field(None, "folder of identity subfolders of face crops (default: synthetic)")
+    triplet_weight: Optional[float] = field(None, "weight of the student's triplet loss")
+    train_dir: Optional[str] = field(None, "folder of identity subfolders of face crops",
+                                     default_text="synthetic identities")
     data_dir: Optional[str] = field(None, "TFDS data dir: evaluate on TFDS lfw")
     lfw_dir: Optional[str] = field(None, "LFW image folder (Name/Name_0001.jpg) for --pairs-file")
     pairs_file: Optional[str] = field(None, "LFW's official pairs.txt (View 2, 10 folds)")
     eval_dir: Optional[str] = field(None, "evaluate on a folder of held-out identities (pairs generated)")
-    check_images: bool = field(True, "read every training file's header and skip unreadable ones")
+    check_images: bool = field(True, "decode every training image first; unreadable ones are skipped and listed "
+                                                "in skipped_files.txt")
     synthetic_train_identities: int = field(1000, "synthetic training identities")
     synthetic_images_per_identity: int = field(4, "synthetic training images per identity")
     synthetic_eval_identities: int = field(100, "synthetic evaluation identities (disjoint from training's)")
@@ -154,7 +160,7 @@ def load_train(config):
     if config.train_dir is None:
         return data.synthetic_split(config.synthetic_train_identities, config.synthetic_images_per_identity,
                                     config.input_size, training=True, seed=config.seed)
-    return data.folder_split(config.train_dir, check_images=config.check_images)
+    return data.folder_split(config.train_dir, check_images=config.check_images, strict=config.strict_data)
 
 
 def load_pairs(config):
@@ -164,11 +170,11 @@ def load_pairs(config):
         if lfw_dir is None:
             raise ValueError("--pairs-file needs LFW's image folder: pass --lfw-dir (or a --data-dir whose TFDS "
                              "lfw download is still extracted).")
-        return data.read_pairs_file(config.pairs_file, data.lfw_folder_split(lfw_dir))
+        return data.read_pairs_file(config.pairs_file, data.lfw_folder_split(lfw_dir, strict=config.strict_data))
     if config.eval_dir:
-        return data.make_pairs(data.folder_split(config.eval_dir), seed=config.seed)
+        return data.make_pairs(data.folder_split(config.eval_dir, strict=config.strict_data), seed=config.seed)
     if config.lfw_dir:
-        return data.make_pairs(data.lfw_folder_split(config.lfw_dir), seed=config.seed)
+        return data.make_pairs(data.lfw_folder_split(config.lfw_dir, strict=config.strict_data), seed=config.seed)
     if config.data_dir:
         return data.make_pairs(data.lfw_split(config.data_dir), seed=config.seed)
     split = data.synthetic_split(config.synthetic_eval_identities, config.synthetic_eval_images_per_identity,
@@ -273,6 +279,10 @@ def main(config):
     pairs = load_pairs(config)
     teacher = load_teacher(config)
     run, chief = engine.open_run(config, strategy)
+    # Folder data was decoded file by file while loading: list what was skipped.
+    check = image_check.merged([train.check if train is not None else None, pairs.split.check])
+    if chief and check is not None:
+        print(image_check.write_skipped(check, run.root), flush=True)
     steps_per_epoch = config.steps_per_epoch or max(1, len(train) // batch if train is not None else 1)
 
     def build_student():

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
-from mobilenet_tf.data import classification  # noqa: E402
+from mobilenet_tf.data import classification, image_check  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
@@ -44,34 +44,40 @@ REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
 class Config(config_lib.RunOptions):
     """Train and evaluate a MobileNet image classifier (the papers' ImageNet recipe)."""
 
+    # What a None field takes, by dataset (the help lists these values).
+    PRESETS = {"synthetic": SYNTHETIC_DEFAULTS, "real data": REAL_DEFAULTS}
+
     model: str = field("v3_small", "model name from mobilenet_tf.list_models() (MobileNets, SqueezeNet, "
                                    "ShuffleNet V1/V2, Xception)")
     alpha: float = field(1.0, "width multiplier")
-    dataset: str = field("synthetic", "synthetic | folder | imagenet2012 | imagenette | any TFDS "
-                                      "image-classification dataset")
+    dataset: Optional[str] = field(None, "synthetic | folder | imagenet2012 | imagenette | any TFDS "
+                                         "image-classification dataset",
+                                   default_text="imagenet2012 with --data-dir, else synthetic")
     data_dir: Optional[str] = field(None, "TFDS data dir (imagenet2012: DATA_DIR/downloads/manual "
                                           "holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)")
     train_dir: Optional[str] = field(None, "--dataset folder: training images, one subfolder per class")
     val_dir: Optional[str] = field(None, "--dataset folder: validation images, same class subfolders")
-    image_size: Optional[int] = field(None, "input resolution (default 224; synthetic 64)")
+    image_size: Optional[int] = field(None, "input resolution")
     schedule: str = field("v3", "paper schedule", choices=sorted(schedules.SCHEDULES))
-    epochs: Optional[int] = field(None, "epochs (default: the schedule's full run; synthetic 3)")
-    global_batch_size: Optional[int] = field(None, "batch over all replicas (default: the schedule's "
-                                                   "reference batch; synthetic 64)")
+    epochs: Optional[int] = field(None, "epochs", default_text="the schedule's full run")
+    global_batch_size: Optional[int] = field(None, "batch over all replicas",
+                                                   default_text="the schedule's reference batch")
     learning_rate: Optional[float] = field(None, "peak lr at the schedule's reference batch, scaled linearly "
-                                                 "to --global-batch-size (default: the schedule's)")
-    warmup_epochs: Optional[float] = field(None, "linear warmup (default: the schedule's; synthetic 1)")
-    ema: Optional[float] = field(None, "weight EMA momentum, 0 = off (default: the schedule's; synthetic 0.99)")
-    label_smoothing: Optional[float] = field(None, "default: the schedule's (0.1)")
-    weight_decay: Optional[float] = field(None, "L2 on conv/dense kernels (default: the schedule's)")
-    dropout: Optional[float] = field(None, "dropout before the classifier (default: the schedule's)")
-    bn_momentum: Optional[float] = field(None, "BatchNormalization moving-average momentum (default: the "
-                                               "schedule's 0.99; synthetic 0.9, so short runs evaluate well)")
-    crop_area_min: Optional[float] = field(None, "smallest random-crop area (default 0.08; synthetic 0.25)")
+                                                 "to --global-batch-size", default_text="the schedule's")
+    warmup_epochs: Optional[float] = field(None, "linear warmup epochs", default_text="the schedule's")
+    ema: Optional[float] = field(None, "weight EMA momentum, 0 = off", default_text="the schedule's")
+    label_smoothing: Optional[float] = field(None, "label smoothing", default_text="the schedule's")
+    weight_decay: Optional[float] = field(None, "L2 on conv/dense kernels", default_text="the schedule's")
+    dropout: Optional[float] = field(None, "dropout before the classifier", default_text="the schedule's")
+    bn_momentum: Optional[float] = field(None, "BatchNormalization moving-average momentum (the synthetic "
+                                               "preset's is lower so that short runs evaluate well)",
+                                         default_text="the schedule's")
+    crop_area_min: Optional[float] = field(None, "smallest random-crop area")
     synthetic_classes: int = field(10, "classes of the synthetic dataset")
     synthetic_train_examples: int = field(3840, "synthetic training images per epoch")
     synthetic_eval_examples: int = field(1000, "synthetic evaluation images")
-    steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
+    steps_per_epoch: Optional[int] = field(None, "training steps per epoch",
+                                           default_text="training examples / global batch")
     steps_per_execution: int = field(1, "train steps per tf.function call")
     tflite: str = field("", "also export and evaluate TFLite: comma list of fp32, float16, dynamic, int8")
     calibration_images: int = field(200, "int8 TFLite: training images to calibrate activation ranges on")
@@ -80,7 +86,18 @@ class Config(config_lib.RunOptions):
 
 
 def resolve(config):
-    """Fill every None with the schedule's value or the dataset's default; check inputs."""
+    """Fill every None with the schedule's value or the dataset's default; check inputs.
+
+    ``--data-dir`` without ``--dataset`` selects imagenet2012 (as in every recipe:
+    the data dir means the recipe's real TFDS dataset); ``--dataset synthetic``
+    with ``--data-dir`` is refused.
+    """
+    if config.dataset is None:
+        config = dataclasses.replace(config, dataset="imagenet2012" if config.data_dir else "synthetic")
+    elif config.dataset == "synthetic" and config.data_dir:
+        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
+                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` to read "
+                         "imagenet2012 from it (or name another TFDS dataset).")
     mobilenet_tf.registry.get_entry(config.model)  # unknown model -> ValueError
     if config.alpha != 1.0 and not mobilenet_tf.registry.accepts(config.model, "alpha"):
         raise ValueError(f"`--alpha` applies to the MobileNets; {config.model!r} has its width in its name "
@@ -115,9 +132,12 @@ def load_splits(config):
         val = classification.synthetic_split(False, config.synthetic_eval_examples, config.image_size,
                                              config.synthetic_classes, config.seed)
     elif config.dataset == "folder":
-        train = classification.folder_split(config.train_dir) if config.train_dir else None
+        # Every file is decoded once first: unreadable ones are skipped (listed in
+        # skipped_files.txt by main) or, with --strict-data, stop the run here.
+        train = classification.folder_split(config.train_dir, strict=config.strict_data) \
+            if config.train_dir else None
         names = train.class_names if train else None
-        val = classification.folder_split(config.val_dir or config.train_dir, names)
+        val = classification.folder_split(config.val_dir or config.train_dir, names, strict=config.strict_data)
     else:
         train = None if config.eval_only else classification.tfds_split(config.dataset, "train", config.data_dir)
         val = classification.tfds_split(config.dataset, "validation", config.data_dir)
@@ -130,6 +150,9 @@ def main(config):
     train_split, val_split = load_splits(config)
     num_classes = val_split.num_classes
     run, chief = engine.open_run(config, strategy)
+    check = image_check.merged(split.check for split in (train_split, val_split) if split is not None)
+    if chief and check is not None:
+        print(image_check.write_skipped(check, run.root), flush=True)
 
     one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))
     pipeline = dict(batch_size=config.global_batch_size, image_size=config.image_size,

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf.data import image_check  # noqa: E402
 from mobilenet_tf.heads import lraspp  # noqa: E402
 from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics, visualize  # noqa: E402
 from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
@@ -55,13 +56,19 @@ FOLDER_DEFAULTS = dict(CITYSCAPES_DEFAULTS, crop_size=512, eval_height=None, eva
 class Config(config_lib.RunOptions):
     """Train and evaluate MobileNetV3 + LR-ASPP semantic segmentation (V3 paper 6.3)."""
 
-    backbone: Optional[str] = field(None, "backbone name (default v3_large; synthetic v3_small)")
+    # What a None field takes, by --dataset (the help lists these values).
+    PRESETS = {"cityscapes": CITYSCAPES_DEFAULTS, "folder": FOLDER_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS}
+
+    backbone: Optional[str] = field(None, "backbone name")
     alpha: float = field(1.0, "backbone width multiplier")
     output_stride: int = field(16, "16 = last stage dilated (the paper's); 32 = not dilated", choices=[16, 32])
-    reduced_tail: Optional[bool] = field(None, "halve the last stage (the paper's RF2; default: yes for MobileNets)")
+    reduced_tail: Optional[bool] = field(None, "halve the last stage (the paper's RF2)",
+                                           default_text="yes for MobileNets")
     filters: int = field(128, "LR-ASPP branch filters (Table 7)", choices=[128, 256])
     pooling: str = field("paper", "paper (large-kernel average pooling) | global", choices=list(lraspp.model.POOLINGS))
-    dataset: str = field("synthetic", "synthetic | cityscapes | folder", choices=["synthetic", "cityscapes", "folder"])
+    dataset: Optional[str] = field(None, "synthetic | cityscapes | folder",
+                                   choices=["synthetic", "cityscapes", "folder"],
+                                   default_text="cityscapes with --data-dir, else synthetic")
     data_dir: Optional[str] = field(None, "TFDS data dir; cityscapes needs DATA_DIR/downloads/manual/"
                                           "{leftImg8bit,gtFine}_trainvaltest.zip")
     images_dir: Optional[str] = field(None, "--dataset folder: training images")
@@ -70,26 +77,25 @@ class Config(config_lib.RunOptions):
     val_images_dir: Optional[str] = field(None, "--dataset folder: evaluation images")
     val_labels_dir: Optional[str] = field(None, "--dataset folder: evaluation label PNGs")
     num_classes: Optional[int] = field(None, "--dataset folder: number of classes")
-    crop_size: Optional[int] = field(None, "square training crop, a multiple of the output stride "
-                                           "(default 768; synthetic 128)")
+    crop_size: Optional[int] = field(None, "square training crop, a multiple of the output stride")
     eval_height: Optional[int] = field(None, "evaluation input height; images are resized to it, labels by "
-                                             "nearest neighbour (default: Cityscapes 1024; synthetic 128; "
-                                             "folder: required)")
-    eval_width: Optional[int] = field(None, "evaluation input width (default: Cityscapes 2048; synthetic 128)")
-    eval_every: Optional[int] = field(None, "evaluate every N epochs and after the last (default: Cityscapes 10, "
-                                            "synthetic 1)")
-    scale_min: Optional[float] = field(None, "smallest random scale (default 0.5; synthetic 0.75)")
-    scale_max: Optional[float] = field(None, "largest random scale (default 2.0; synthetic 1.5)")
-    epochs: Optional[int] = field(None, "epochs (default 500 = about 93k steps at batch 16; synthetic 4)")
-    steps_per_epoch: Optional[int] = field(None, "default: training examples / global batch")
-    shuffle_buffer: Optional[int] = field(None, "decoded examples in the shuffle buffer (default: Cityscapes 64, "
-                                                "8 MB each; synthetic 1000)")
-    global_batch_size: Optional[int] = field(None, "batch over all replicas (default 16)")
-    learning_rate: Optional[float] = field(None, "initial lr of the poly schedule (default 0.01; synthetic 0.05)")
+                                             "nearest neighbour")
+    eval_width: Optional[int] = field(None, "evaluation input width")
+    eval_every: Optional[int] = field(None, "evaluate every N epochs and after the last")
+    scale_min: Optional[float] = field(None, "smallest random scale")
+    scale_max: Optional[float] = field(None, "largest random scale")
+    epochs: Optional[int] = field(None, "epochs (the Cityscapes preset: about 93k steps at batch 16, "
+                                     "DeepLab's 90k)")
+    steps_per_epoch: Optional[int] = field(None, "training steps per epoch",
+                                           default_text="training examples / global batch")
+    shuffle_buffer: Optional[int] = field(None, "decoded examples in the shuffle buffer (a Cityscapes example "
+                                                "is 8 MB)")
+    global_batch_size: Optional[int] = field(None, "batch over all replicas")
+    learning_rate: Optional[float] = field(None, "initial lr of the poly schedule")
     poly_power: float = field(0.9, "poly decay power")
     momentum: float = field(0.9, "SGD momentum")
     weight_decay: float = field(4e-5, "L2 on conv kernels (slim's l2_regularizer scale)")
-    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum (default 0.997; synthetic 0.9)")
+    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum")
     synthetic_classes: int = field(5, "classes of the synthetic dataset, background included")
     synthetic_train_examples: int = field(1600, "synthetic training scenes per epoch")
     synthetic_eval_examples: int = field(200, "synthetic evaluation scenes")
@@ -104,7 +110,18 @@ class Config(config_lib.RunOptions):
 
 
 def resolve(config):
-    """Fill every None with the dataset's default; check inputs early."""
+    """Fill every None with the dataset's default; check inputs early.
+
+    ``--data-dir`` without ``--dataset`` selects cityscapes (as in every recipe: the
+    data dir means the recipe's real TFDS dataset); ``--dataset synthetic`` with
+    ``--data-dir`` is refused.
+    """
+    if config.dataset is None:
+        config = dataclasses.replace(config, dataset="cityscapes" if config.data_dir else "synthetic")
+    elif config.dataset == "synthetic" and config.data_dir:
+        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
+                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` to read "
+                         "cityscapes from it.")
     preset = {"synthetic": SYNTHETIC_DEFAULTS, "cityscapes": CITYSCAPES_DEFAULTS}.get(config.dataset, FOLDER_DEFAULTS)
     resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
                                               if getattr(config, key) is None})
@@ -144,10 +161,13 @@ def load_splits(config):
         train = None if config.eval_only else data.cityscapes_split("train", config.data_dir)
         val = data.cityscapes_split("validation", config.data_dir)
     else:
+        # Every image and label is decoded once first: unreadable or unpaired files are
+        # skipped (listed in skipped_files.txt by main) or, with --strict-data, stop here.
         train = None if config.eval_only else data.folder_split(config.images_dir, config.labels_dir,
-                                                                config.num_classes)
+                                                                config.num_classes, strict=config.strict_data)
         val = data.folder_split(config.val_images_dir or config.images_dir,
-                                config.val_labels_dir or config.labels_dir, config.num_classes)
+                                config.val_labels_dir or config.labels_dir, config.num_classes,
+                                strict=config.strict_data)
     return train, val
 
 
@@ -188,6 +208,9 @@ def main(config):
     train_split, val_split = load_splits(config)
     num_classes = val_split.num_classes
     run, chief = engine.open_run(config, strategy)
+    check = image_check.merged(split.check for split in (train_split, val_split) if split is not None)
+    if chief and check is not None:
+        print(image_check.write_skipped(check, run.root), flush=True)
 
     val_ds = data.make_pipeline(val_split, training=False, batch_size=config.eval_batch_size,
                                 eval_size=(config.eval_height, config.eval_width))

@@ -57,32 +57,37 @@ TFLITE_FORMATS = ("fp32", "int8")
 class Config(config_lib.RunOptions):
     """Train and evaluate SSDLite detection on MobileNet V2/V3 (V2 paper 6.2, V3 paper 6.2)."""
 
-    backbone: Optional[str] = field(None, "v2 | v3_large | v3_small (default v3_large; synthetic v3_small)")
+    # What a None field takes, by --dataset (the help lists these values).
+    PRESETS = {"coco": COCO_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS}
+
+    backbone: Optional[str] = field(None, "v2 | v3_large | v3_small")
     alpha: float = field(1.0, "backbone width multiplier")
-    reduced_tail: Optional[bool] = field(None, "halve the last stage (the V3 paper's dagger rows; default: V3 yes)")
-    dataset: Optional[str] = field(None, "synthetic | coco/2017 | coco/2014 (default: coco/2017 with --data-dir, "
-                                         "else synthetic)", choices=["synthetic", *data.COCO_DATASETS])
+    reduced_tail: Optional[bool] = field(None, "halve the last stage (the V3 paper's dagger rows)",
+                                           default_text="yes for V3")
+    dataset: Optional[str] = field(None, "synthetic | coco/2017 | coco/2014",
+                                   choices=["synthetic", *data.COCO_DATASETS],
+                                   default_text="coco/2017 with --data-dir, else synthetic")
     data_dir: Optional[str] = field(None, "TFDS data dir (COCO downloads itself there)")
-    input_size: Optional[int] = field(None, "square input side (default 320; synthetic 160)")
+    input_size: Optional[int] = field(None, "square input side")
     loss: str = field("focal", "focal (V3 config: sigmoid focal + smooth L1) | hard_negative_mining (SSD / V2 "
                                "paper: softmax with 3:1 negatives)", choices=list(losses.LOSSES))
     zoom_out: bool = field(False, "SSD's zoom-out (expansion) augmentation, for small objects")
     colour_jitter: bool = field(False, "SSD's photometric distortions")
-    epochs: Optional[int] = field(None, "epochs (default: 400k steps at batch 512 = 1731 COCO epochs; synthetic 6)")
-    steps_per_epoch: Optional[int] = field(None, "default: training images / global batch")
-    global_batch_size: Optional[int] = field(None, "batch over all replicas (default 64; synthetic 32)")
-    learning_rate: Optional[float] = field(None, "peak lr at batch 512, scaled to --global-batch-size "
-                                                 "(default 0.4; synthetic 2.0)")
-    warmup_learning_rate: Optional[float] = field(None, "warmup start lr at batch 512 (default 0.13333)")
-    warmup_epochs: Optional[float] = field(None, "linear warmup (default 8.7 = 2000 steps at batch 512)")
+    epochs: Optional[int] = field(None, "epochs (the COCO preset: the config's 400k steps at batch 512)")
+    steps_per_epoch: Optional[int] = field(None, "training steps per epoch",
+                                           default_text="training images / global batch")
+    global_batch_size: Optional[int] = field(None, "batch over all replicas")
+    learning_rate: Optional[float] = field(None, "peak lr at batch 512, scaled to --global-batch-size")
+    warmup_learning_rate: Optional[float] = field(None, "warmup start lr at batch 512")
+    warmup_epochs: Optional[float] = field(None, "linear warmup epochs (the COCO preset: the config's 2000 steps "
+                                                "at batch 512)")
     momentum: float = field(0.9, "SGD momentum")
     weight_decay: float = field(ssdlite.model.WEIGHT_DECAY, "L2 on conv kernels (the config's l2_regularizer)")
-    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum (default 0.97; synthetic 0.9)")
-    eval_every: Optional[int] = field(None, "COCO evaluation every N epochs and after the last "
-                                            "(default 10; synthetic 1)")
+    bn_momentum: Optional[float] = field(None, "BatchNormalization momentum")
+    eval_every: Optional[int] = field(None, "COCO evaluation every N epochs and after the last")
     eval_examples: int = field(0, "evaluate on the first N validation images (0 = all)")
     eval_batch_size: int = field(16, "evaluation batch size")
-    shuffle_buffer: Optional[int] = field(None, "examples in the shuffle buffer (default 256; synthetic 1000)")
+    shuffle_buffer: Optional[int] = field(None, "examples in the shuffle buffer")
     display_threshold: float = field(0.3, "score threshold for detections.png (evaluation keeps all >= 1e-8)")
     synthetic_classes: int = field(5, "classes of the synthetic dataset, background included")
     synthetic_train_examples: int = field(2000, "synthetic training scenes per epoch")
@@ -98,6 +103,10 @@ def resolve(config):
     """Fill every None with the dataset's default; check inputs early."""
     if config.dataset is None:
         config = dataclasses.replace(config, dataset="coco/2017" if config.data_dir else "synthetic")
+    elif config.dataset == "synthetic" and config.data_dir:
+        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
+                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` "
+                         "to read coco/2017 from it (or name coco/2014).")
     preset = SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else COCO_DEFAULTS
     resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
                                               if getattr(config, key) is None})
@@ -163,7 +172,9 @@ class COCOEvaluator:
     def __call__(self, model):
         results = self.detect(model)
         self.last = (coco_eval.evaluate(self.ground_truth, results), results)
-        return {key: self.last[0][key] for key in ("map", "map50", "map75")}
+        # None (no ground truth at all) becomes NaN: never "best", a gap in the curves.
+        return {key: float("nan") if self.last[0][key] is None else self.last[0][key]
+                for key in ("map", "map50", "map75")}
 
 
 def build_model(config, num_classes, backbone_weights=None):
@@ -245,7 +256,8 @@ def main(config):
         deploy.to_tflite_detector(model, run.path(f"detector_{fmt}.tflite"), quantization=fmt,
                                   representative_images=calibration, activation=activation)
     engine.write_metrics(run, metrics)
-    print(f"COCO AP {results['map']:.4f}  AP50 {results['map50']:.4f}  AP75 {results['map75']:.4f}  "
+    shown = {key: "n/a" if results[key] is None else f"{results[key]:.4f}" for key in ("map", "map50", "map75")}
+    print(f"COCO AP {shown['map']}  AP50 {shown['map50']}  AP75 {shown['map75']}  "
           f"({metrics['epochs']} epochs, {metrics['images_per_second']:.1f} img/s)  -> {run.root}")
     return metrics
 

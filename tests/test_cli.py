@@ -5,6 +5,9 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
+import pytest
+
 import mobilenet_tf
 from mobilenet_tf import cli
 
@@ -84,3 +87,112 @@ def test_export_and_bench_bad_input(capsys):
     assert "--calibration-images" in capsys.readouterr().err
     assert cli.main(["export", "v3_small", "--weights", "missing.weights.h5", "--out", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- export / bench checks before converting
+
+
+def _tiny_run(folder, classes=10, config=None):
+    """A recipe-like run folder: best.weights.h5 of v3_small 0.35 at 32 px (``classes``
+    outputs, include_preprocessing as the recipes build it) and optionally config.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(32, 32, 3), classes=classes,
+                               include_preprocessing=True)
+    model.save_weights(folder / "best.weights.h5")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder / "best.weights.h5"
+
+
+def _no_conversion(monkeypatch):
+    """Make building a model fail loudly: a check that runs first never gets there."""
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built before the arguments were checked")
+    monkeypatch.setattr(cli, "_build", build)
+
+
+def test_export_refuses_an_existing_out_without_overwrite(tmp_path, capsys):
+    weights = _tiny_run(tmp_path / "run")
+    common = ["export", "v3_small", "--alpha", "0.35", "--resolution", "32", "--classes", "10",
+              "--weights", str(weights)]
+    before = weights.read_bytes()
+    # The trained weights are never the output, --overwrite or not.
+    for extra in ([], ["--overwrite"]):
+        assert cli.main([*common, "--out", str(weights), *extra]) == 2
+        assert "is the --weights file" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+    existing = tmp_path / "old.tflite"
+    existing.write_bytes(b"keep me")
+    assert cli.main([*common, "--out", str(existing)]) == 2
+    err = capsys.readouterr().err
+    assert f"`--out` '{existing}' exists; pass --overwrite" in err and existing.read_bytes() == b"keep me"
+    assert cli.main([*common, "--out", str(existing), "--overwrite"]) == 0
+    assert existing.read_bytes()[4:8] == b"TFL3"  # a TFLite flatbuffer replaced it
+
+
+def test_export_checks_the_out_path_before_converting(tmp_path, capsys, monkeypatch):
+    _no_conversion(monkeypatch)
+    (tmp_path / "afile").write_text("")
+    assert cli.main(["export", "v3_small", "--out", str(tmp_path / "afile" / "m.tflite")]) == 2
+    assert f"'{tmp_path / 'afile'}' is a file, not a folder" in capsys.readouterr().err
+    assert cli.main(["export", "v3_small", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give a file path such as" in capsys.readouterr().err
+    # Unwritable folder (the tests may run as root, where chmod does not stop writing).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+                        real_access(path, mode))
+    assert cli.main(["export", "v3_small", "--out", str(tmp_path / "new" / "m.tflite")]) == 2
+    assert f"no permission to write in '{tmp_path}'" in capsys.readouterr().err
+
+
+def test_export_reads_the_recipe_config_beside_the_weights(tmp_path, capsys):
+    from mobilenet_tf import export
+
+    # What recipes/imagenet.py writes (config.json; the classes come from the synthetic set).
+    weights = _tiny_run(tmp_path / "run", config=dict(model="v3_small", alpha=0.35, image_size=32,
+                                                      dataset="synthetic", synthetic_classes=10))
+    out = tmp_path / "m.tflite"
+    assert cli.main(["export", "v3_small", "--weights", str(weights), "--out", str(out)]) == 0
+    lite = export.TFLiteModel(str(out))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    expected = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(32, 32, 3), classes=10,
+                                  weights=str(weights))(x)
+    np.testing.assert_allclose(lite(x), expected, atol=1e-5)
+    capsys.readouterr()
+    # An explicit flag overrides config.json, and the mismatch names the fix.
+    assert cli.main(["export", "v3_small", "--classes", "1000", "--weights", str(weights),
+                     "--out", str(tmp_path / "n.tflite")]) == 2
+    assert "has a 10-class top but the model was built with --classes 1000 (--classes): pass --classes 10" in \
+        capsys.readouterr().err
+    assert cli.main(["export", "v1", "--weights", str(weights), "--out", str(tmp_path / "n.tflite")]) == 2
+    assert "pass 'v3_small' as the name" in capsys.readouterr().err
+
+
+def test_export_without_config_names_classes_and_refuses_other_recipes(tmp_path, capsys):
+    weights = _tiny_run(tmp_path / "bare")
+    assert cli.main(["export", "v3_small", "--alpha", "0.35", "--resolution", "32", "--weights", str(weights),
+                     "--out", str(tmp_path / "m.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert "has a 10-class top but the model was built with --classes 1000 (default): pass --classes 10." in err
+    assert "corrupt" not in err and not (tmp_path / "m.tflite").exists()
+    # A detector / segmenter / FaceNet run names a backbone: not a classifier's weights.
+    weights = _tiny_run(tmp_path / "seg", config=dict(backbone="v3_small", alpha=0.35, crop_size=32))
+    assert cli.main(["export", "v3_small", "--weights", str(weights), "--out", str(tmp_path / "m.tflite")]) == 2
+    assert "names a `backbone` ('v3_small'): these are not the weights of a registry classifier" in \
+        capsys.readouterr().err
+
+
+def test_bench_checks_numbers_before_converting(capsys, monkeypatch):
+    _no_conversion(monkeypatch)
+    for flag, value in (("--threads", "0"), ("--batch", "0"), ("--repeats", "-1")):
+        assert cli.main(["bench", "v3_small", flag, value]) == 2
+        assert f"`{flag}` must be an integer >= 1; got {value}." in capsys.readouterr().err
+
+
+def test_no_abbreviated_flags(capsys):
+    for argv in (["bench", "v3_small", "--thread", "2"], ["export", "v3_small", "--out", "x", "--over"],
+                 ["profile", "v3_small", "--res", "160"], ["compress", "m.keras", "--out", "o", "--clust", "4"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err

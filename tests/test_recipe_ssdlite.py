@@ -125,6 +125,7 @@ def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     (["--weights", "nowhere.weights.h5"], "is not a file"),
     (["--tflite", "int4"], "`--tflite` formats"),
     (["--synthetic-classes", "1"], "`--synthetic-classes` must be in [2, 255]"),
+    (["--dataset", "synthetic", "--data-dir", "somewhere"], "drop --data-dir to train on synthetic data"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
     proc = recipe(*args, "--output-dir", str(tmp_path / "run"), timeout=300)

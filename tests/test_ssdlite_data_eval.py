@@ -58,4 +58,31 @@ def test_coco_metrics_perfect_shifted_and_empty(tmp_path):
     assert metrics["map"] == pytest.approx(0.1)
     wrong_class = [dict(d, category_id=d["category_id"] % 4 + 1) for d in perfect]
     assert coco_eval.evaluate(gt, wrong_class)["map"] < 0.3
-    assert coco_eval.evaluate(gt, []) == {name: 0.0 for name in coco_eval.STAT_NAMES}
+    # No detections: 0.0 wherever there is ground truth, None for sizes with none.
+    perfect_metrics = coco_eval.evaluate(gt, perfect)
+    assert coco_eval.evaluate(gt, []) == {
+        name: None if perfect_metrics[name] is None else 0.0 for name in coco_eval.STAT_NAMES}
+
+
+def test_sizes_without_ground_truth_are_none_not_zero():
+    """COCOeval's -1 (no ground truth of that size) is None (null in metrics.json), never 0."""
+    # Two 40x40 images with small boxes only (areas < 32^2 pixels): no medium or large objects.
+    images = [dict(id=k + 1, height=40, width=40, boxes=np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.5, 0.9, 0.8]]),
+                   classes=np.array([1, 2]), valid=np.array([True, True])) for k in range(2)]
+    gt = coco_eval.ground_truth(images, ["background", "a", "b"])
+    assert max(a["area"] for a in gt["annotations"]) < 32 ** 2
+    perfect = [d for image in images for d in coco_eval.detections(
+        image["id"], 40, 40, image["boxes"], np.ones(2), image["classes"], 2)]
+    metrics = coco_eval.evaluate(gt, perfect)
+    assert metrics["map"] == pytest.approx(1.0) and metrics["map_small"] == pytest.approx(1.0)
+    assert metrics["ar_small"] == pytest.approx(1.0)
+    for name in ("map_medium", "map_large", "ar_medium", "ar_large"):
+        assert metrics[name] is None, (name, metrics[name])
+    assert json.loads(json.dumps(metrics))["map_large"] is None  # written as null
+    # Without detections: 0 where there was something to find, None where there was not.
+    empty = coco_eval.evaluate(gt, [])
+    assert empty["map"] == empty["map_small"] == empty["ar100"] == 0.0
+    assert empty["map_medium"] is None and empty["map_large"] is None and empty["ar_large"] is None
+    # A missed detection of a size that exists still reads 0 (a failure), not None.
+    one = coco_eval.evaluate(gt, perfect[:1])
+    assert 0 < one["map_small"] < 1 and one["map_large"] is None

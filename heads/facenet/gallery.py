@@ -5,8 +5,10 @@
     >>> gallery.query(probe_faces, k=3)            # [[("ada", 0.93), ("bob", 0.41), ...], ...]
     >>> gallery.identify(probe_faces, threshold=0.6)  # ["ada", "unknown", ...]
 
-Brute-force search over unit vectors (a matrix product); fine for tens of
-thousands of faces. ``save`` / ``load`` keep it as an ``.npz``.
+Cosine similarity ``a . b / (||a|| ||b||)`` computed from the vectors, whatever
+their norm (each is divided by its norm when it enters; a zero vector has cosine
+0 with everything); brute force (a matrix product), fine for tens of thousands
+of faces. ``save`` / ``load`` keep it as an ``.npz``.
 """
 
 import numpy as np
@@ -42,8 +44,7 @@ class Gallery:
             raise ValueError(f"expected (N, D) embeddings or (N, S, S, 3) images; got shape {items.shape}.")
         if len(self.names) and items.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"embeddings have {items.shape[1]} dims; the gallery holds {self.embeddings.shape[1]}.")
-        norms = np.linalg.norm(items, axis=1, keepdims=True)
-        return items / np.maximum(norms, 1e-12)
+        return _unit(items)
 
     def add(self, names, items):
         """Enrol ``items`` (images or embeddings) under ``names`` (one name per item)."""
@@ -72,8 +73,8 @@ class Gallery:
         return results
 
     def identify(self, items, threshold):
-        """The best identity per probe, or ``UNKNOWN`` when its cosine is below ``threshold``.
-        (Cosine = 1 - d / 2 for the squared distance d of unit vectors.)"""
+        """The best identity per probe, or ``UNKNOWN`` when its cosine similarity is below
+        ``threshold`` (in [-1, 1])."""
         return [top[0][0] if top[0][1] >= threshold else UNKNOWN for top in self.query(items, k=1)]
 
     def save(self, path):
@@ -83,5 +84,16 @@ class Gallery:
     def load(cls, path, model=None):
         stored = np.load(path)
         gallery = cls(model)
-        gallery.names, gallery.embeddings = [str(n) for n in stored["names"]], stored["embeddings"]
+        gallery.names = [str(n) for n in stored["names"]]
+        gallery.embeddings = _unit(np.asarray(stored["embeddings"], np.float32))
         return gallery
+
+
+def _unit(vectors):
+    """(N, D) ``vectors`` / their L2 norms, in float64 so that tiny or huge vectors
+    keep their direction; zero vectors stay zero."""
+    vectors = np.asarray(vectors, np.float64)
+    scale = np.max(np.abs(vectors), axis=1, keepdims=True)
+    vectors = vectors / np.where(scale > 0, scale, 1.0)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -4,14 +4,21 @@
       -> Dense(embedding_dim) -> L2 normalisation            (B, S, S, 3) -> (B, D), unit norm
 
 FaceNet's settings: D = 128, embeddings on the unit hypersphere (so that squared
-distances lie in [0, 4] and the triplet margin 0.2 has a fixed meaning). Only
-portable layers (``UnitNormalization`` exists in Keras 3 and tf_keras), so the
-model serialises, converts to TFLite and builds under tf_keras for TFMOT.
+distances lie in [0, 4] and the triplet margin 0.2 has a fixed meaning). The
+normalisation is ``L2Normalization``, a small weightless layer on TensorFlow ops
+that works in Keras 3 and tf_keras, is registered for serialisation
+(``keras.models.load_model`` needs ``import mobilenet_tf.heads.facenet``) and
+converts to TFLite builtins. Not the stock ``UnitNormalization``: its epsilon
+(1e-7 in Keras 3 on the squared norm, 1e-12 in tf_keras) dominates small vectors,
+and an untrained model's embeddings are small (norm ~1e-8 for a V1: outputs of
+norm ~1e-4 instead of 1).
 
 The teacher of the distillation may be any embedding model; ``build_teacher``
 also offers keras.applications networks (InceptionResNetV2, the closest stock
 stand-in for FaceNet's Inception network) with the same head.
 """
+
+import tensorflow as tf
 
 import mobilenet_tf
 from mobilenet_tf import backbone as backbone_lib
@@ -26,6 +33,30 @@ KERAS_APPLICATIONS = {
     "resnet50v2": ("ResNet50V2", 32, (1 / 127.5, -1.0)),
     "efficientnet_b0": ("EfficientNetB0", 32, (1.0, 0.0)),
 }
+
+
+@keras.saving.register_keras_serializable(package="mobilenet_tf.facenet")
+class L2Normalization(layers.Layer):
+    """``x / ||x||_2`` along the last axis, exact for vectors of any scale.
+
+    The vector is first divided by its largest absolute component, so that its
+    squared norm is in [1, D] and no epsilon can change it; then L2-normalised.
+    (B, D) -> (B, D) with ``||e||_2 = 1`` (an all-zero vector stays zero).
+    Computes in float32 (distances between unit vectors need it).
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        x = tf.cast(x, tf.float32)
+        scale = tf.reduce_max(tf.abs(x), axis=-1, keepdims=True)
+        x = x / tf.where(scale > 0, scale, tf.ones_like(scale))
+        return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True), 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 def build_embedding_model(backbone="v1", alpha=1.0, input_size=160, embedding_dim=128, dropout_rate=0.2,
@@ -88,7 +119,7 @@ def _with_head(features_model, embedding_dim, dropout_rate, name):
         x = layers.Dropout(dropout_rate, name="embedding_dropout")(x)
     x = layers.Dense(embedding_dim, name=EMBEDDING_LAYER)(x)
     # float32 even under mixed precision: distances between unit vectors need it.
-    x = layers.UnitNormalization(axis=-1, name="l2_normalize", dtype="float32")(x)
+    x = L2Normalization(name="l2_normalize", dtype="float32")(x)
     return keras.Model(features_model.input, x, name=name)
 
 

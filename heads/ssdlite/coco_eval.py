@@ -3,7 +3,9 @@
 Ground truth and detections are converted to COCO json (absolute ``[x, y, w,
 h]`` boxes), so the same evaluation runs for TFDS COCO and for the synthetic
 shapes. ``evaluate`` returns AP@[.5:.95] ("map"), AP50, AP75, AP small / medium /
-large and AR@1/10/100, COCOeval's 12 numbers.
+large and AR@1/10/100, COCOeval's 12 numbers; a number without ground truth to
+measure (COCOeval's -1, e.g. "map_large" on a set without large objects) is
+``None`` (``null`` in metrics.json), never 0.
 """
 
 import contextlib
@@ -14,6 +16,10 @@ import numpy as np
 
 STAT_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "ar1", "ar10", "ar100",
               "ar_small", "ar_medium", "ar_large")
+# COCOeval's object sizes (areaRng, in pixels, bounds included) and the size each stat measures.
+AREA_RANGES = {"all": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}
+STAT_AREAS = dict(zip(STAT_NAMES, ("all", "all", "all", "small", "medium", "large", "all", "all", "all", "small",
+                                   "medium", "large")))
 
 
 def _xywh(box, height, width):
@@ -56,13 +62,29 @@ def detections(image_id, height, width, boxes, scores, classes, num_detections, 
              "bbox": _xywh(boxes[k], height, width)} for k in range(int(num_detections))]
 
 
+def _sizes_with_ground_truth(gt):
+    """The ``AREA_RANGES`` names that hold at least one non-crowd ground-truth box of ``gt``."""
+    areas = [a["area"] for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    return {size for size, (low, high) in AREA_RANGES.items() if any(low <= area <= high for area in areas)}
+
+
 def evaluate(gt, results):
-    """COCOeval bbox metrics as a dict of ``STAT_NAMES`` (all 0 without detections)."""
+    """COCOeval bbox metrics of ``results`` (a COCO results list) on ``gt`` (a COCO
+    dataset dict): ``{name: float or None for name in STAT_NAMES}``.
+
+    ``None`` where there is nothing to measure: no (non-crowd) ground-truth box of
+    that stat's size (COCOeval's -1; AP small / medium / large use areas < 32^2,
+    32^2-96^2, > 96^2 pixels). Without detections every other number is 0.
+
+    Example:
+        >>> evaluate(ground_truth(images, class_names), detections)["map_large"]  # None: no large objects
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {name: 0.0 for name in STAT_NAMES}
+    if not results:  # COCO.loadRes refuses an empty list; nothing found: 0 wherever there was something to find
+        sizes = _sizes_with_ground_truth(gt)
+        return {name: 0.0 if STAT_AREAS[name] in sizes else None for name in STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(gt)
@@ -72,4 +94,4 @@ def evaluate(gt, results):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(max(value, 0.0)) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    return {name: None if value < 0 else float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
