@@ -245,6 +245,29 @@ def test_read_official_pairs_file(tmp_path):
         data.read_pairs_file(str(pairs_txt), split)
 
 
+def test_pairs_file_errors_name_the_real_line(tmp_path):
+    """Line numbers count blank lines; a non-integer image number and a pair in the
+    wrong block of its fold (300 matched, then 300 mismatched) are refused."""
+    split = data.lfw_folder_split(str(_fake_lfw(tmp_path / "lfw")))
+    pairs_txt = tmp_path / "pairs.txt"
+    cases = [
+        ("2\t1\n\nAnn_Lee\t1\t3\n\nAnn_Lee\t2\tCy_Ode\t1\nBo_Chan\t1\t9\nBo_Chan\t2\tAnn_Lee\t3\n",
+         r"line 6: image 'Bo_Chan/Bo_Chan_0009.jpg' is not in the LFW folder"),
+        ("2\t1\nAnn_Lee\t1\t3\nAnn_Lee\t2\tCy_Ode\t1\nBo_Chan\tone\t2\nBo_Chan\t2\tAnn_Lee\t3\n",
+         r"line 4: image number 'one' of 'Bo_Chan' is not an integer"),
+        # Fold 1's matched block holds a mismatched line (the matched one comes second).
+        ("1\t2\nAnn_Lee\t1\t3\nAnn_Lee\t2\tCy_Ode\t1\nBo_Chan\t1\t2\nBo_Chan\t2\tAnn_Lee\t3\n",
+         r"line 3: fold 1 expects a matched \('name i j'\) pair here"),
+        ("1\t1\nAnn_Lee\t2\tCy_Ode\t1\nAnn_Lee\t1\t3\n", r"line 2: fold 1 expects a matched"),
+        ("1\t1\nAnn_Lee\t1\t3\nAnn_Lee\t1\t2\n", r"line 3: fold 1 expects a mismatched"),
+        ("\n\nten\t300\n", r"line 3: the first line must be"),
+    ]
+    for text, message in cases:
+        pairs_txt.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            data.read_pairs_file(str(pairs_txt), split)
+
+
 def test_lfw_from_tfds_mock_data():
     import tensorflow_datasets as tfds
 

@@ -208,3 +208,18 @@ def test_unknown_coco_version_and_category_round_trip():
     results = coco_eval.detections(7, 100, 200, image["boxes"], [0.9], [12], 1, ids)
     assert results[0]["category_id"] == 13
     assert coco_eval.evaluate(gt, results)["map"] == pytest.approx(1.0)
+
+
+def test_eval_ground_truth_beyond_max_boxes_is_counted_as_dropped():
+    """An image with more valid boxes than ``max_boxes`` keeps the first ``max_boxes``
+    valid ones (invalid rows go last) and counts the rest in "dropped"."""
+    boxes = np.array([[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 0.4, 0.9]] + [[0.1, 0.1, 0.3, 0.3]] * 5, np.float32)
+    objects = dict(boxes=boxes, classes=np.ones(7, np.int64), crowd=np.zeros(7, bool),
+                   area=np.ones(7, np.float32), image_id=np.int64(1))
+    ds = tf.data.Dataset.from_tensors((np.zeros((32, 32, 3), np.uint8), objects))
+    split = data.DetectionSplit(ds, 1, 2, ["background", "thing"], [0, 1])
+    eval_ds = data.make_eval_pipeline(split, input_size=32, batch_size=1, max_boxes=4)
+    images, dropped = data.ground_truth_images(eval_ds)
+    assert dropped == 1 + 2  # one inverted box, two valid boxes beyond the 4 kept
+    assert images[0]["valid"].tolist() == [True] * 4
+    assert images[0]["boxes"][1].tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3])

@@ -264,7 +264,9 @@ def read_pairs_file(path, split):
     ``name/name_000i.jpg``).
 
     Raises:
-        ValueError: missing file, malformed line, or an image not in the split.
+        ValueError: missing file, malformed line (a non-integer image number, a
+            mismatched line inside a fold's matched block or the reverse), or an
+            image not in the split; each names the file and its line number.
     """
     if not os.path.isfile(path):
         raise ValueError(f"pairs file {path!r} does not exist.")
@@ -272,18 +274,27 @@ def read_pairs_file(path, split):
         raise ValueError("a pairs file names LFW image files: evaluate on LFW's image folder (--lfw-dir), not on a "
                          "split without file names.")
     index = {f.replace(os.sep, "/"): i for i, f in enumerate(split.files)}
-    with open(path) as f:
-        lines = [line.split() for line in f if line.strip()]
+    with open(path) as f:  # (line number in the file, fields), blank lines skipped
+        lines = [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path!r} is empty; LFW's pairs.txt starts with '<folds> <pairs per fold>' ('10 300').")
+    header_line, header = lines[0]
     try:
-        num_folds, per_fold = int(lines[0][0]), int(lines[0][1])
+        num_folds, per_fold = int(header[0]), int(header[1])
     except (IndexError, ValueError):
-        raise ValueError(f"{path!r}: the first line must be '<folds> <pairs per fold>' (LFW: '10 300').") from None
+        raise ValueError(f"{path!r} line {header_line}: the first line must be '<folds> <pairs per fold>' "
+                         f"(LFW: '10 300'); got {' '.join(header)!r}.") from None
     rows = lines[1:]
     if len(rows) != num_folds * 2 * per_fold:
         raise ValueError(f"{path!r} announces {num_folds} folds x {2 * per_fold} pairs but has {len(rows)} lines.")
 
     def image(name, number, line_no):
-        key = f"{name}/{name}_{int(number):04d}.jpg"
+        try:
+            number = int(number)
+        except ValueError:
+            raise ValueError(f"{path!r} line {line_no}: image number {number!r} of {name!r} is not an "
+                             "integer.") from None
+        key = f"{name}/{name}_{number:04d}.jpg"
         if key not in index:
             unreadable = [reason for file, reason in (split.check.unreadable if split.check else [])
                           if file.replace(os.sep, "/").endswith("/" + key)]
@@ -291,16 +302,21 @@ def read_pairs_file(path, split):
             raise ValueError(f"{path!r} line {line_no}: image {key!r} is not in the LFW folder{why}.")
         return index[key]
 
+    # Official layout (View 2): per fold, ``per_fold`` matched lines, then ``per_fold`` mismatched.
     first, second, same, fold = [], [], [], []
-    for n, row in enumerate(rows):
-        line_no = n + 2
-        if len(row) == 3:
+    for n, (line_no, row) in enumerate(rows):
+        matched = n % (2 * per_fold) < per_fold
+        expected = 3 if matched else 4
+        if len(row) != expected:
+            block = "matched ('name i j')" if matched else "mismatched ('name1 i name2 j')"
+            raise ValueError(f"{path!r} line {line_no}: fold {n // (2 * per_fold) + 1} expects a {block} pair "
+                             f"here (each fold: {per_fold} matched lines, then {per_fold} mismatched); got "
+                             f"{' '.join(row)!r}.")
+        if matched:
             a, b = image(row[0], row[1], line_no), image(row[0], row[2], line_no)
-        elif len(row) == 4:
-            a, b = image(row[0], row[1], line_no), image(row[2], row[3], line_no)
         else:
-            raise ValueError(f"{path!r} line {line_no}: expected 'name i j' or 'name1 i name2 j'; got {row}.")
-        first.append(a), second.append(b), same.append(len(row) == 3), fold.append(n // (2 * per_fold))
+            a, b = image(row[0], row[1], line_no), image(row[2], row[3], line_no)
+        first.append(a), second.append(b), same.append(matched), fold.append(n // (2 * per_fold))
     return Pairs(split, np.asarray(first), np.asarray(second), np.asarray(same), np.asarray(fold))
 
 

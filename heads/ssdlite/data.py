@@ -265,7 +265,9 @@ def make_train_pipeline(split, anchors, *, input_size, batch_size, zoom_out=Fals
 def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
     """Finite batches of ``(images (B, S, S, 3) float32, info)``; ``info`` has
     "image_id", "height", "width" (the original size), and padded ground truth
-    "boxes" (B, M, 4), "classes", "crowd", "area", "valid" (B, M) for COCO json."""
+    "boxes" (B, M, 4), "classes", "crowd", "area", "valid" (B, M) for COCO json
+    (M = ``max_boxes``, valid boxes first), and "dropped" (B,): boxes left out, as
+    invalid or as beyond ``max_boxes``."""
 
     def prepare(image, objects):
         shape = tf.shape(image)
@@ -273,9 +275,13 @@ def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
         num = tf.shape(objects["boxes"])[0]
         boxes, valid, dropped = clean_boxes(objects["boxes"], objects["classes"], tf.ones((num,), tf.bool),
                                             split.num_classes, min_side=0.0)
-        padded = {key: _pad_rows(value, max_boxes) for key, value in dict(
+        # Valid boxes first; those beyond ``max_boxes`` cannot be kept and are counted as dropped.
+        order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)
+        overflow = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.int32)) - max_boxes, 0)
+        padded = {key: _pad_rows(tf.gather(value, order), max_boxes) for key, value in dict(
             boxes=boxes, classes=tf.cast(objects["classes"], tf.int32), crowd=objects["crowd"],
             area=objects["area"], valid=valid).items()}
+        dropped = dropped + overflow
         info = {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "dropped": dropped, **padded}
         return tf.clip_by_value(resized, 0.0, 255.0), info
 
