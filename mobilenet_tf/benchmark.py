@@ -62,9 +62,9 @@ def batchnorm_from_data(model, images):
     kernels) and times a graph no trained model has. With data statistics the
     activations have a trained network's scale. Timing only: accuracy stays random.
     """
-    from mobilenet_tf.training import schedules
+    from mobilenet_tf import walkers
 
-    norms = [layer for layer in schedules.flat_layers(model) if type(layer).__name__ == "BatchNormalization"]
+    norms = [layer for layer in walkers.flat_layers(model) if type(layer).__name__ == "BatchNormalization"]
     momenta = [layer.momentum for layer in norms]
     for layer in norms:
         layer.momentum = 0.0

@@ -26,7 +26,7 @@ model passed in is never changed.
 import numpy as np
 
 from mobilenet_tf import _keras
-from mobilenet_tf.training import schedules
+from mobilenet_tf import walkers
 
 PRUNABLE = ("Conv2D", "Dense")  # depthwise kernels (9 weights a channel) stay dense, as in the TF guides
 # TFMOT 0.8 wraps DepthwiseConv2D for clustering, but its kernels came back unclustered
@@ -198,7 +198,7 @@ def unique_values(model):
 
 def _kernels(model, kinds):
     """(name, kernel as numpy) of every layer of those class names, nested models included."""
-    for layer in schedules.flat_layers(model):
+    for layer in walkers.flat_layers(model):
         if _kind(layer) in kinds:
             yield layer.name, np.asarray(layer.kernel)
 

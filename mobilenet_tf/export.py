@@ -83,10 +83,10 @@ def fuse_hard_swish(model):
     """
     import keras  # a Keras 3 model: the keras package, whichever _keras picked
 
-    from mobilenet_tf.training import schedules
+    from mobilenet_tf import walkers
 
-    names = {layer.name for layer in schedules.flat_layers(model)}
-    swishes = {layer.name for layer in schedules.flat_layers(model)
+    names = {layer.name for layer in walkers.flat_layers(model)}
+    swishes = {layer.name for layer in walkers.flat_layers(model)
                if type(layer).__name__ == "Multiply" and layer.name + blocks.HARD_SWISH_SCALED in names}
     if not swishes:
         return model
