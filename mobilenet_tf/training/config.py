@@ -159,7 +159,8 @@ class RunOptions:
     mixed_precision: bool = field(False, "mixed_float16 on GPU, mixed_bfloat16 on TPU")
     force_mixed_precision: bool = field(False, "allow --mixed-precision on CPU (slow there)")
     jit_compile: bool = field(False, "compile the train step with XLA")
-    overwrite: bool = field(False, "replace a finished run in --output-dir")
+    overwrite: bool = field(False, "replace the run (finished or interrupted) in --output-dir; the old one is kept "
+                                   "in <output_dir>.previous until the new run saves an epoch")
     strict_data: bool = field(False, "stop before training at the first unreadable image of a folder dataset; "
                                      "without it such images are skipped and listed in skipped_files.txt")
     eval_only: bool = field(False, "only evaluate --weights")

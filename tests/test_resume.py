@@ -1,0 +1,239 @@
+"""Resuming and replacing runs safely: torn backups, changed flags, --overwrite, lost workers."""
+
+import dataclasses
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from mobilenet_tf.training import config as config_lib, engine
+
+from conftest import read_metrics, run_script
+from test_recipe_imagenet import TINY, _free_ports
+
+STEPS = 4
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAt(keras.callbacks.Callback):
+    """Stands in for a kill between two epochs."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        RAN.append(epoch)
+        if epoch == self.epoch:
+            raise Interrupted
+
+
+RAN = []  # the epochs the last train() call started
+
+
+def train(run_dir, epochs=3, stop_at=None, ema=False):
+    """A tiny regression through ``engine.run_training``; every epoch sees the same four
+    batches in the same order, so a resumed run must end where an uninterrupted one does."""
+    keras.utils.set_random_seed(0)
+
+    def build():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9, use_ema=ema, ema_momentum=0.5)
+        return model, optimizer, keras.losses.MeanSquaredError(reduction=None), []
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    train_ds = tf.data.Dataset.from_tensor_slices((x, x[:, :2] * 2 - x[:, 2:])).batch(8).repeat()
+    run = engine.prepare_run_dir(str(run_dir))
+    RAN.clear()
+    try:
+        model, history = engine.run_training(
+            build=build, train_ds=train_ds, eval_ds=None, evaluate=lambda model: {"score": 0.5},
+            monitor="val_score", epochs=epochs, steps_per_epoch=STEPS, eval_steps=None, run=run,
+            strategy=tf.distribute.get_strategy(), global_batch_size=8, verbose=0, ema=ema,
+            callbacks=[StopAt(stop_at)])
+    except Interrupted:
+        return None, None
+    return [w.copy() for w in model.get_weights()], history
+
+
+def damage(path, how):
+    if how == "truncate":  # a kill during the write of an h5 file
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    else:  # a garbled JSON file
+        path.write_bytes(b'{"epoch": 2, "ba\x01tch": 0}')
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Weights after 3 uninterrupted epochs, without and with EMA."""
+    return {ema: train(tmp_path_factory.mktemp("ref") / "run", ema=ema)[0] for ema in (False, True)}
+
+
+@pytest.mark.parametrize("ema", [False, True])
+@pytest.mark.parametrize("damaged, resumed_from, named", [
+    (["backup/latest.weights.h5"], 1, "latest.weights.h5"),  # back to the previous epoch's .bkp
+    (["backup/training_metadata.json"], 2, "training_metadata.json"),  # epoch from the weights' steps
+    (["backup/latest.weights.h5", "backup/latest.weights.h5.bkp"], 2, "latest.weights.h5.bkp"),  # last.weights
+    (["backup/latest.weights.h5", "backup/latest.weights.h5.bkp", "last.weights.h5"], 0, "last.weights.h5"),
+])
+def test_torn_backup_resumes_from_the_newest_intact_state(tmp_path, capsys, reference, ema, damaged,
+                                                          resumed_from, named):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, stop_at=2, ema=ema) == (None, None) and RAN == [0, 1, 2]  # 2 of 3 done, "killed"
+    assert (run_dir / "backup" / "latest.weights.h5.bkp").exists()  # double checkpointing
+    for name in damaged:
+        damage(run_dir / name, "garble" if name.endswith(".json") else "truncate")
+    capsys.readouterr()
+    weights, history = train(run_dir, ema=ema)
+    err = capsys.readouterr().err
+    assert named in err, err
+    assert RAN == list(range(resumed_from, 3))
+    if resumed_from == 0:
+        assert "starts again from epoch 0" in err
+    # History continuous: each epoch once, none lost, the redone ones replaced.
+    assert len(history["loss"]) == 3
+    epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2]
+    # Resumed (not restarted unless nothing was intact) and ended where an uninterrupted run ends.
+    for got, want in zip(weights, reference[ema]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not (run_dir / "backup").exists()
+
+
+@dataclasses.dataclass
+class Toy(config_lib.RunOptions):
+    model: str = "v3_small"
+    alpha: float = 0.35
+    epochs: int = 3
+    tflite: str = ""
+    output_dir: str = ""
+
+
+def test_resume_with_other_flags_is_refused_and_config_json_kept(tmp_path):
+    strategy = tf.distribute.get_strategy()
+    run_dir = str(tmp_path / "run")
+    engine.open_run(Toy(output_dir=run_dir), strategy)
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ValueError) as error:
+        engine.open_run(Toy(output_dir=run_dir, model="v1", alpha=0.25, epochs=9), strategy)
+    message = str(error.value)
+    assert "alpha: 0.35 -> 0.25" in message and "model: 'v3_small' -> 'v1'" in message, message
+    assert "epochs" not in message.split("(A resume")[0] and "--overwrite" in message
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+    # Extending the run, other outputs, other logging or distribution: a resume.
+    engine.open_run(Toy(output_dir=run_dir, epochs=9, tflite="int8", verbose="0", strategy="mirrored"), strategy)
+    assert (tmp_path / "run" / "config.json").read_text() == saved
+    # --eval-only would mark the interrupted run finished.
+    with pytest.raises(ValueError, match="--eval-only.*interrupted training run"):
+        engine.open_run(Toy(output_dir=run_dir, eval_only=True), strategy)
+    # A garbled config.json is named.
+    (tmp_path / "run" / "config.json").write_text('{"model": "v3_small",')
+    with pytest.raises(ValueError, match=r"run/config.json \(the interrupted run's settings\) cannot be read"):
+        engine.open_run(Toy(output_dir=run_dir), strategy)
+    # --overwrite starts over; the old run waits aside until the new one saves an epoch.
+    engine.open_run(Toy(output_dir=run_dir, model="v1", overwrite=True), strategy)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "v1"
+    assert (tmp_path / "run.previous" / "config.json").exists()
+    engine.settle_previous_run(run_dir)  # the new run saved nothing: the old one comes back
+    assert not (tmp_path / "run.previous").exists()
+    assert (tmp_path / "run" / "config.json").read_text().startswith('{"model": "v3_small",')
+
+
+def recipe(*args, **kwargs):
+    return run_script("recipes/imagenet.py", *args, **kwargs)
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--synthetic-eval-examples", "32",
+            "--output-dir", str(run_dir)]
+    first = recipe(*args, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    old = read_metrics(run_dir)
+    # A replacement that fails (NaN in its first epoch) puts the old run back.
+    nan = recipe(*args, "--overwrite", "--learning-rate", "1e12", "--steps-per-epoch", "16", timeout=600)
+    assert nan.returncode == 1 and "loss became NaN" in nan.stderr, nan.stderr[-3000:]
+    assert f"moved the run in {run_dir} to {run_dir}.previous" in nan.stdout
+    assert "the previous run is back" in nan.stderr and read_metrics(run_dir) == old
+    assert not (tmp_path / "run.previous").exists()
+    # A replacement killed before its first epoch: the next start puts the old run back.
+    proc = recipe(*args, "--overwrite", "--epochs", "3", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "config.json").exists() or not (
+            tmp_path / "run.previous").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "run.previous" / "metrics.json").exists()
+    again = recipe(*args, timeout=600)
+    assert again.returncode == 2 and "holds a finished run" in again.stderr, again.stderr[-2000:]
+    assert read_metrics(run_dir) == old and not (tmp_path / "run.previous").exists()
+    # A replacement that finishes deletes the old run.
+    new = recipe(*args, "--overwrite", "--epochs", "2", timeout=600)
+    assert new.returncode == 0, new.stderr[-3000:]
+    assert read_metrics(run_dir)["epochs"] == 2 and not (tmp_path / "run.previous").exists()
+
+
+def _h5_arrays(path):
+    import h5py
+
+    with h5py.File(path) as f:
+        arrays = []
+        f.visititems(lambda name, obj: arrays.append(np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
+        return arrays
+
+
+@pytest.mark.slow
+def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--epochs", "3", "--steps-per-epoch", "12", "--strategy", "multi_worker",
+            "--output-dir", str(run_dir)]
+
+    def start():
+        return [recipe(*args, wait=False, env={"TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}) for index in range(2)]
+
+    chief, worker = start()
+    history = run_dir / "history.csv"
+    deadline = time.time() + 400
+    while time.time() < deadline and chief.poll() is None:
+        if history.exists() and len(history.read_text().strip().splitlines()) >= 2:  # epoch 1 done
+            break
+        time.sleep(0.05)
+    time.sleep(2)  # into epoch 2
+    assert chief.poll() is None and worker.poll() is None, chief.stdout.read()[-2000:]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    killed = time.time()
+    try:
+        output = chief.communicate(timeout=90)[0]
+    except Exception:
+        chief.kill()
+        raise AssertionError("the chief did not stop within 90 s of losing its peer")
+    assert time.time() - killed < 60, time.time() - killed
+    assert chief.returncode == 1, output[-3000:]
+    assert "lost contact with /job:worker/replica:0/task:1" in output, output[-3000:]
+    assert "restart every worker" in output
+    assert not (run_dir / "metrics.json").exists()
+
+    procs = start()
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    for directory in (run_dir, run_dir / "workers" / "worker_1"):
+        epochs = [int(line.split(",")[0]) for line in (directory / "history.csv").read_text().splitlines()[1:]]
+        assert epochs == [0, 1, 2], directory
+    chief_weights = _h5_arrays(run_dir / "last.weights.h5")
+    other = _h5_arrays(run_dir / "workers" / "worker_1" / "last.weights.h5")
+    assert len(chief_weights) == len(other) > 100
+    assert all(np.array_equal(a, b) for a, b in zip(chief_weights, other))
+    assert read_metrics(run_dir)["epochs"] == 3
