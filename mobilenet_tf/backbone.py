@@ -151,13 +151,46 @@ class StrideWalk:
             self.endpoints[f"C{int(math.log2(self.nominal_stride))}{suffix}"] = x
 
 
-def inverted_residual_stack(x, rows, in_filters, alpha, walk, naming):
-    """Walk a V2/V3 table: one ``blocks.inverted_residual`` per row.
+def inverted_residual_widths(rows, in_channels, in_filters, alpha):
+    """Per row of a V2/V3 table: ``(row, expanded, filters, residual)``, the widths
+    ``inverted_residual_stack`` builds (and the feature information reports).
 
     Widths follow keras.applications exactly: output ``make_divisible(filters *
     alpha)``; expansion ``make_divisible(input channels * expanded / in_filters)``,
-    i.e. the row's expansion ratio applied to the actual (scaled) input. Records
-    "C4_expand", the expansion feeding the block that goes from stride 16 to 32.
+    i.e. the row's expansion ratio applied to the actual (scaled) input; a residual
+    where the row keeps the stride and the channels.
+
+    Args:
+        rows: tuple of ``BlockSpec``.
+        in_channels: actual channels of the stem output.
+        in_filters: channels of the stem output at width 1.0 (the table's input).
+        alpha: width multiplier.
+    """
+    for row in rows:
+        expanded = in_channels
+        if row.expanded != in_filters:
+            expanded = blocks.make_divisible(in_channels * (row.expanded / in_filters))
+        filters = blocks.make_divisible(row.filters * alpha)
+        yield row, expanded, filters, row.stride == 1 and in_channels == filters
+        in_channels, in_filters = filters, row.filters
+
+
+def inverted_residual_layers(rows, in_channels, in_filters, alpha, naming):
+    """``registry.walk_features`` rows of a V2/V3 stack: ``(stride, channels, output
+    layer, (expanded, expansion layer))`` per block."""
+    for block_id, (row, expanded, filters, residual) in enumerate(
+            inverted_residual_widths(rows, in_channels, in_filters, alpha)):
+        prefix = naming.prefix(block_id)
+        output = prefix + ("add" if residual else "project" + naming.bn)
+        expansion = prefix + "expand" + naming.act if expanded != in_channels else None
+        yield row.stride, filters, output, (expanded, expansion)
+        in_channels = filters
+
+
+def inverted_residual_stack(x, rows, in_filters, alpha, walk, naming):
+    """Walk a V2/V3 table: one ``blocks.inverted_residual`` per row, widths from
+    ``inverted_residual_widths``. Records "C4_expand", the expansion feeding the
+    block that goes from stride 16 to 32.
 
     Args:
         x: (B, H, W, C) stem output.
@@ -170,21 +203,15 @@ def inverted_residual_stack(x, rows, in_filters, alpha, walk, naming):
     Returns:
         (B, H / s, W / s, make_divisible(rows[-1].filters * alpha)).
     """
-    for block_id, row in enumerate(rows):
-        in_channels = x.shape[-1]
-        expanded = in_channels
-        if row.expanded != in_filters:
-            expanded = blocks.make_divisible(in_channels * (row.expanded / in_filters))
-        filters = blocks.make_divisible(row.filters * alpha)
+    for block_id, (row, expanded, filters, residual) in enumerate(
+            inverted_residual_widths(rows, x.shape[-1], in_filters, alpha)):
         enters_stride_32 = row.stride > 1 and walk.nominal_stride == 16
         stride, dilation = walk.block(x, row.stride)
         x, expansion = blocks.inverted_residual(
-            x, expanded, filters, row, stride, dilation, block_id, naming,
-            residual=row.stride == 1 and in_channels == filters,
+            x, expanded, filters, row, stride, dilation, block_id, naming, residual=residual,
         )
         if enters_stride_32:
             walk.endpoints["C4_expand"] = expansion
-        in_filters = row.filters
     return x
 
 

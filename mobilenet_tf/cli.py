@@ -220,9 +220,7 @@ def _build(args):
 
     extra, sources = _model_settings(args)
     kwargs = dict(input_shape=(args.resolution, args.resolution, 3), include_top=not args.no_top,
-                  classes=args.classes)
-    if args.alpha != 1.0 or mobilenet_tf.registry.accepts(args.name, "alpha"):
-        kwargs["alpha"] = args.alpha  # a family without alpha refuses it by name
+                  classes=args.classes, **mobilenet_tf.registry.options_for(args.name, alpha=args.alpha))
     if args.minimalistic:
         kwargs["minimalistic"] = True
     for key, value in extra.items():
@@ -335,6 +333,16 @@ def _builder_args(args):
     return name, alpha
 
 
+def rebuild(name, alpha, resolution, classes):
+    """The classifier a run's config.json describes (``_builder_args``), as every recipe
+    builds it: [0, 255] pixels, ``alpha`` where the family takes one (``registry.options_for``;
+    1.0, which a ShuffleNet run records, passes for any family)."""
+    import mobilenet_tf
+
+    return mobilenet_tf.build(name, input_shape=(resolution, resolution, 3), classes=classes,
+                              include_preprocessing=True, **mobilenet_tf.registry.options_for(name, alpha=alpha))
+
+
 def _compress(args):
     """Rebuild the model with our builder in Keras 3 and check it reproduces the file,
     hand its weights by name to ``mobilenet_tf.deep_compression`` in a tf_keras child
@@ -367,9 +375,7 @@ def _compress(args):
     if not resolution or not classes:
         raise ValueError("a weights file does not say the model's input size and classes: pass --resolution and "
                          "--classes.")
-    width = dict(alpha=alpha) if mobilenet_tf.registry.accepts(name, "alpha") else {}
-    model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3), classes=classes,
-                               include_preprocessing=True, **width)
+    model = rebuild(name, alpha, resolution, classes)
     with tempfile.TemporaryDirectory() as tmp:
         given = os.path.join(tmp, "given.npz")
         if path.endswith(".keras"):

@@ -118,6 +118,15 @@ def file_sizes(path):
     return len(raw), len(gzip.compress(raw, compresslevel=9))
 
 
+def build_model(config):
+    """The classifier to compress: ``config.model`` at ``config.input_size`` with
+    ``config.classes``, [0, 255] pixels, ``config.alpha`` where the family takes one
+    (``registry.options_for``: 1.0 passes for any family)."""
+    return mobilenet_tf.build(config.model, input_shape=(config.input_size,) * 2 + (3,), classes=config.classes,
+                              include_preprocessing=True,
+                              **mobilenet_tf.registry.options_for(config.model, alpha=config.alpha))
+
+
 def main(config):
     """Run the stages; writes config.json, metrics.json, report.md, size_accuracy.png,
     the stages' .tflite files and compressed.npz to ``config.output_dir``."""
@@ -127,8 +136,7 @@ def main(config):
     train_ds, images, labels = load_data(config)
     run = engine.prepare_run_dir(config.output_dir, config.overwrite)
     config_lib.save_config(config, run.path("config.json"))
-    model = mobilenet_tf.build(config.model, alpha=config.alpha, input_shape=(config.input_size,) * 2 + (3,),
-                               classes=config.classes, include_preprocessing=True)
+    model = build_model(config)
     schedules.configure_batchnorm(model, momentum=0.9)
     if config.weights:
         weights.load_by_name(model, config.weights)

@@ -4,7 +4,7 @@ The body is the paper's Table 1 as data; layer names are
 keras.applications.MobileNet's, so its ImageNet weights load by name.
 """
 
-from mobilenet_tf import backbone, blocks, weights as weights_lib
+from mobilenet_tf import backbone, blocks, registry, weights as weights_lib
 from mobilenet_tf._keras import layers
 from mobilenet_tf.blocks import BlockSpec
 
@@ -32,6 +32,16 @@ V1_BLOCKS = (
     _dw(512, 1024, 2),
     _dw(1024, 1024, 1),  # C5: stride 32
 )
+
+
+def feature_info(alpha=1.0, reduced_tail=False):
+    """``registry.FeatureInfo`` of ``mobilenet_v1(alpha=..., reduced_tail=...)``'s endpoints
+    C1..C5: each stage's last pointwise ReLU (C5: "conv_pw_13_relu")."""
+    rows = blocks.reduce_tail(V1_BLOCKS) if reduced_tail else V1_BLOCKS
+    layers = [(2, blocks.make_divisible(STEM_FILTERS * alpha), "conv1_relu")]
+    layers += [(row.stride, blocks.make_divisible(row.filters * alpha), f"conv_pw_{block_id}_relu")
+               for block_id, row in enumerate(rows, start=1)]
+    return registry.walk_features(layers)
 
 
 def mobilenet_v1(

@@ -4,7 +4,7 @@ The body is the paper's Table 2 as data; layer names are
 keras.applications.MobileNetV2's, so its ImageNet weights load by name.
 """
 
-from mobilenet_tf import backbone, blocks, weights as weights_lib
+from mobilenet_tf import backbone, blocks, registry, weights as weights_lib
 from mobilenet_tf.blocks import BlockNaming, BlockSpec
 
 STEM_FILTERS = 32  # Table 2: conv2d 3x3, 32, s2
@@ -37,6 +37,17 @@ def table_rows(table=V2_TABLE, in_channels=STEM_FILTERS):
 
 
 V2_BLOCKS = table_rows()
+
+
+def feature_info(alpha=1.0, reduced_tail=False):
+    """``registry.FeatureInfo`` of ``mobilenet_v2(alpha=..., reduced_tail=...)``'s endpoints:
+    C1..C4 the stages' last blocks, "C4_expand" block 13's expansion, C5 "out_relu"."""
+    rows = blocks.reduce_tail(V2_BLOCKS) if reduced_tail else V2_BLOCKS
+    last_conv = LAST_CONV // 2 if reduced_tail else LAST_CONV
+    stem = blocks.make_divisible(STEM_FILTERS * alpha)
+    layers = [(2, stem, "Conv1_relu"), *backbone.inverted_residual_layers(rows, stem, STEM_FILTERS, alpha, NAMING),
+              (1, blocks.make_divisible(last_conv * max(alpha, 1.0)), "out_relu")]
+    return registry.walk_features(layers)
 
 
 def mobilenet_v2(

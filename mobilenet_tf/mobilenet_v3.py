@@ -8,7 +8,7 @@ keras.applications.MobileNetV3*'s, so its ImageNet weights load by name.
 
 import dataclasses
 
-from mobilenet_tf import backbone, blocks, weights as weights_lib
+from mobilenet_tf import backbone, blocks, registry, weights as weights_lib
 from mobilenet_tf._keras import layers
 from mobilenet_tf.blocks import BlockNaming, BlockSpec
 
@@ -92,6 +92,30 @@ def reduce_tail(arch):
     """The paper's reduced tail (sections 6.2-6.3): last stage and head convs halved."""
     return V3Architecture(arch.stem_filters, blocks.reduce_tail(arch.blocks),
                           arch.last_conv // 2, arch.last_point // 2)
+
+
+def feature_info(arch, alpha=1.0, reduced_tail=False, minimalistic=False):
+    """``registry.FeatureInfo`` of a V3 built from ``arch``: C1..C4 the stages' last
+    blocks (C1 of V3-Small: the stem), "C4_expand" the expansion feeding the first
+    stride-32 block, C5 the 1x1 conv before pooling ("conv_1_act")."""
+    if minimalistic:
+        arch = to_minimalistic(arch)
+    if reduced_tail:
+        arch = reduce_tail(arch)
+    layers = [(2, arch.stem_filters, "conv_act"),
+              *backbone.inverted_residual_layers(arch.blocks, arch.stem_filters, arch.stem_filters, alpha, NAMING)]
+    last = blocks.make_divisible(layers[-1][1] * (arch.last_conv / arch.blocks[-1].filters))
+    return registry.walk_features(layers + [(1, last, "conv_1_act")])
+
+
+def feature_info_large(alpha=1.0, reduced_tail=False, minimalistic=False):
+    """``feature_info`` of ``mobilenet_v3_large``."""
+    return feature_info(V3_LARGE, alpha, reduced_tail, minimalistic)
+
+
+def feature_info_small(alpha=1.0, reduced_tail=False, minimalistic=False):
+    """``feature_info`` of ``mobilenet_v3_small``."""
+    return feature_info(V3_SMALL, alpha, reduced_tail, minimalistic)
 
 
 def build_v3(

@@ -10,7 +10,7 @@ divide evenly into groups and are refused. V2: the paper's Table 5
 
 import dataclasses
 
-from mobilenet_tf import backbone, blocks, weights as weights_lib
+from mobilenet_tf import backbone, blocks, registry, weights as weights_lib
 from mobilenet_tf._keras import layers
 from mobilenet_tf.channel_ops import ChannelShuffle, ChannelSplit
 
@@ -145,6 +145,28 @@ def _check_width(width, valid, what):
     if isinstance(width, bool) or width not in valid:
         raise ValueError(f"`width` must be one of {sorted(valid)} for {what}; got {width!r}.")
     return float(width)
+
+
+def _feature_info(channels, unit_output):
+    """Endpoints C1 ("conv1_relu"), C2 ("maxpool"), C3..C4 the stages' last units, C5
+    stage 4 (V1) or conv5 (V2). ``unit_output(name, first)`` is a unit's last layer."""
+    layers = [(2, channels.stem, "conv1_relu"), (2, channels.stem, "maxpool")]
+    for stage, (filters, repeats) in enumerate(zip(channels.stages, STAGE_REPEATS), start=2):
+        for index in range(1, repeats + 1):
+            layers.append((2 if index == 1 else 1, filters, unit_output(f"stage{stage}_unit{index}", index == 1)))
+    if channels.last:
+        layers.append((1, channels.last, "conv5_relu"))
+    return registry.walk_features(layers)
+
+
+def feature_info_v1(groups=3, width=1.0):
+    """``registry.FeatureInfo`` of ``shufflenet_v1(groups, width)``'s endpoints."""
+    return _feature_info(V1_CHANNELS[(groups, width)], lambda name, first: name + ("_concat" if first else "_relu"))
+
+
+def feature_info_v2(width=1.0):
+    """``registry.FeatureInfo`` of ``shufflenet_v2(width)``'s endpoints."""
+    return _feature_info(V2_CHANNELS[width], lambda name, first: name + "_shuffle")
 
 
 def shufflenet_v1(

@@ -9,7 +9,7 @@ SqueezeNet repository's v1.1 (3x3 stem with 64 filters, pooling moved earlier:
 
 import dataclasses
 
-from mobilenet_tf import backbone, weights as weights_lib
+from mobilenet_tf import backbone, registry, weights as weights_lib
 from mobilenet_tf._keras import keras, layers
 
 
@@ -65,6 +65,25 @@ def max_pool(x, stride, name):
     return layers.MaxPooling2D(3, stride, padding="valid", name=name)(x)
 
 
+def feature_info(version="1_1"):
+    """``registry.FeatureInfo`` of ``squeezenet(version)``'s endpoints: C1 "conv1", then
+    the map before each pooling, and C4, the last fire module at stride 16 (SqueezeNet
+    has no stride-32 stage, so no C5)."""
+    table = VERSIONS[version]
+    filters = table["stem"][0]
+    layers = [(2, filters, "conv1"), (2, filters, "pool1")]
+    pools, fires = 1, 1
+    for spec in table["body"]:
+        if spec == POOL:
+            pools += 1
+            layers.append((2, filters, f"pool{pools}"))
+        else:
+            fires += 1
+            filters = spec.expand1x1 + spec.expand3x3
+            layers.append((1, filters, f"fire{fires}_concat"))
+    return registry.walk_features(layers)
+
+
 def squeezenet(
     version="1_1",
     input_shape=None,
@@ -95,8 +114,9 @@ def squeezenet(
 
     Returns:
         ``keras.Model``: (B, H, W, 3) -> (B, classes) with the top, else the
-        (B, H/16, W/16, 512) feature map, pooled (B, 512), or endpoints C1..C4
-        and "C5", the last map (stride 16: SqueezeNet has no stride-32 stage).
+        (B, H/16, W/16, 512) feature map, pooled (B, 512), or endpoints C1..C4,
+        named by their stride (C4, stride 16, is the last map: SqueezeNet has no
+        stride-32 stage and so no C5).
 
     Example:
         >>> model = squeezenet("1_1", input_shape=(224, 224, 3), classes=10)
@@ -130,8 +150,7 @@ def squeezenet(
             continue
         fires += 1
         x = fire(x, spec, dilation, f"fire{fires}")
-    walk.record(x)
-    walk.endpoints["C5"] = x  # the last map, as heads expect (stride 16 here)
+    walk.record(x)  # C4: SqueezeNet's last map is at stride 16
 
     def classifier(features):
         y = layers.Dropout(dropout_rate, name="dropout")(features)

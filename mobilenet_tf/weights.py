@@ -8,25 +8,42 @@ keras.applications model (which downloads the weights), then copies them in.
 
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
+from mobilenet_tf import registry
 from mobilenet_tf._keras import LEGACY_KERAS, keras
 
-# Widths keras.applications publishes ImageNet weights for, per registry name.
-PUBLISHED_ALPHAS = {
-    "v1": (0.25, 0.5, 0.75, 1.0),
-    "v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-    "v3_large": (0.75, 1.0),
-    "v3_small": (0.75, 1.0),
-    "v3_large_minimalistic": (1.0,),
-    "v3_small_minimalistic": (1.0,),
-    "xception": (1.0,),  # no width multiplier
-}
 
-# Input sizes keras.applications has weight files for (others load the 224 files;
-# the weights do not depend on the input size).
-PUBLISHED_SIZES = {"v1": (128, 160, 192, 224), "v2": (96, 128, 160, 192, 224), "xception": (299,)}
+class _Derived(Mapping):
+    """A read-only {registry name: value} view of the records' ``PublishedWeights``,
+    read when used (the records are registered after this module is imported)."""
+
+    def __init__(self, field):
+        self._field = field
+
+    def _table(self):
+        return registry.published_table(self._field)
+
+    def __getitem__(self, name):
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self):
+        return len(self._table())
+
+    def __repr__(self):
+        return repr(self._table())
+
+
+# Widths keras.applications publishes ImageNet weights for, per registry name, and the
+# input sizes it has weight files for (others load the last one: the weights do not
+# depend on the input size). Both derived from the registry's records.
+PUBLISHED_ALPHAS = _Derived("alphas")
+PUBLISHED_SIZES = _Derived("sizes")
 
 WEIGHTS_SUFFIXES = (".weights.h5",) if not LEGACY_KERAS else (".weights.h5", ".h5")
 
@@ -35,24 +52,21 @@ def keras_application(
     variant, *, alpha=1.0, input_shape=None, include_top=True, weights=None, classes=1000,
     classifier_activation="softmax", pooling=None, depth_multiplier=1,
 ):
-    """The keras.applications model that corresponds to a registry name.
+    """The keras.applications model that corresponds to a registry name (its record's
+    ``PublishedWeights.constructor``, with the arguments the name fixes).
 
     Used to fetch ImageNet weights and, in tests and benchmarks, as the reference.
     """
-    apps = keras.applications
-    common = dict(input_shape=input_shape, alpha=alpha, include_top=include_top, weights=weights,
-                  classes=classes, classifier_activation=classifier_activation, pooling=pooling)
-    if variant == "v1":
-        return apps.MobileNet(depth_multiplier=depth_multiplier, **common)
-    if variant == "v2":
-        return apps.MobileNetV2(**common)
-    if variant == "xception":
-        return apps.Xception(**{k: v for k, v in common.items() if k != "alpha"})
-    if variant.startswith("v3_"):
-        size, _, minimal = variant[3:].partition("_")
-        constructor = apps.MobileNetV3Large if size == "large" else apps.MobileNetV3Small
-        return constructor(minimalistic=bool(minimal), **common)
-    raise ValueError(f"no keras.applications model corresponds to {variant!r}.")
+    published = registry.get_entry(variant).published
+    if published is None:
+        raise ValueError(f"no keras.applications model corresponds to {variant!r}.")
+    kwargs = dict(registry.get_entry(variant).fixed, input_shape=input_shape, include_top=include_top,
+                  weights=weights, classes=classes, classifier_activation=classifier_activation, pooling=pooling)
+    if published.takes_alpha:
+        kwargs["alpha"] = alpha
+    if published.takes_depth_multiplier:
+        kwargs["depth_multiplier"] = depth_multiplier
+    return getattr(keras.applications, published.constructor)(**kwargs)
 
 
 def check_weights_argument(
@@ -107,7 +121,7 @@ def load_weights(model, weights, variant, *, alpha, include_top, input_shape, de
         return
     if weights == "imagenet":
         size = input_shape[0] if input_shape[0] == input_shape[1] else None
-        published_sizes = PUBLISHED_SIZES.get(variant, (224,))
+        published_sizes = PUBLISHED_SIZES[variant]
         if size not in published_sizes:
             size = published_sizes[-1]  # e.g. 224 for MobileNets; Xception's top only loads at 299
         try:

@@ -8,7 +8,7 @@ matched in order by ``weights.load_keras_applications_weights``).
 
 import dataclasses
 
-from mobilenet_tf import backbone, blocks, weights as weights_lib
+from mobilenet_tf import backbone, blocks, registry, weights as weights_lib
 from mobilenet_tf._keras import layers
 
 MIN_INPUT_SIZE = 71  # keras.applications.Xception's minimum (two "valid" stem convs)
@@ -64,6 +64,16 @@ def xception_block(x, spec, index, walk):
     if spec.stride > 1:
         x = layers.MaxPooling2D(3, strides=stride, padding="same", name=prefix + "_pool")(x)
     return layers.Add(name=prefix + "_add")([x, shortcut])
+
+
+def feature_info():
+    """``registry.FeatureInfo`` of ``xception()``'s endpoints: C1 "block1_conv2_act", then
+    the blocks' "blockN_add" before each stride, C5 "block14_sepconv2_act"."""
+    layers = [(2, 32, "block1_conv1_act"), (1, 64, "block1_conv2_act")]
+    layers += [(spec.stride, spec.filters[-1], f"block{index}_add")
+               for index, spec in enumerate(XCEPTION_BLOCKS, start=2)]
+    layers += [(1, filters, f"block14_sepconv{i}_act") for i, filters in enumerate(EXIT_CONVS, start=1)]
+    return registry.walk_features(layers)
 
 
 def xception(

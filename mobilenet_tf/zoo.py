@@ -3,53 +3,16 @@ to the number its paper prints. The README's table is ``zoo_markdown()``'s outpu
 (a test keeps them equal), so nothing in it is typed by hand.
 """
 
-import dataclasses
 import functools
 
 from mobilenet_tf import registry
 from mobilenet_tf.profile import profile
 
 
-@dataclasses.dataclass(frozen=True)
-class PaperRow:
-    """A published figure: multiply-adds and params in millions, and where printed.
-
-    ``note`` explains a reference we do not expect to match (tests skip nothing
-    silently: they check every row whose ``check_*`` is True).
-    """
-
-    name: str
-    alpha: float
-    resolution: int
-    madds_m: float
-    params_m: float
-    source: str
-    check_madds: bool = True
-    check_params: bool = True
-    note: str = ""
-
-
-PAPER_ROWS = (
-    PaperRow("v1", 1.0, 224, 569, 4.2, "V1 Table 6"),
-    PaperRow("v1", 0.75, 224, 325, 2.6, "V1 Table 6"),
-    PaperRow("v1", 0.5, 224, 149, 1.3, "V1 Table 6"),
-    PaperRow("v1", 0.25, 224, 41, 0.5, "V1 Table 6"),
-    PaperRow("v1", 1.0, 192, 418, 4.2, "V1 Table 7"),
-    PaperRow("v1", 1.0, 160, 290, 4.2, "V1 Table 7"),
-    PaperRow("v1", 1.0, 128, 186, 4.2, "V1 Table 7"),
-    PaperRow("v2", 1.4, 224, 585, 6.9, "V2 Table 4", check_params=False,
-             note="paper prints 6.9M params; TF-slim's 1.4 checkpoint has 6.06M, as counted here"),
-    PaperRow("v2", 1.0, 224, 300, 3.4, "V2 Table 4, V3 Table 3"),
-    PaperRow("v2", 0.35, 224, 59.2, 1.6, "V3 Table 3"),
-    PaperRow("v3_large", 1.0, 224, 219, 5.4, "V3 Table 3"),
-    PaperRow("v3_large", 0.75, 224, 155, 4.0, "V3 Table 3"),
-    PaperRow("v3_small", 1.0, 224, 56, 2.5, "V3 Table 3"),
-    PaperRow("v3_small", 0.75, 224, 44, 2.0, "V3 Table 3"),
-    PaperRow("v3_large_minimalistic", 1.0, 224, 209, 3.9, "TF-slim"),
-    PaperRow("v3_small_minimalistic", 1.0, 224, 65, 2.0, "TF-slim", check_madds=False,
-             note="slim counts V3-Small at 66M where the final paper says 56M; "
-                  "its 65M for minimalistic uses that count"),
-)
+# A published figure (registry.PaperRow); every variant's rows live in its registry
+# record, in registration order.
+PaperRow = registry.PaperRow
+PAPER_ROWS = registry.paper_rows()
 
 
 def measure(row):

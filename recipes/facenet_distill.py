@@ -127,9 +127,13 @@ class Config(config_lib.RunOptions):
 def resolve(config):
     """Fill every None with the data's default; check inputs early."""
     synthetic = config.train_dir is None
-    preset = SYNTHETIC_DEFAULTS if synthetic else REAL_DEFAULTS
+    preset = dict(SYNTHETIC_DEFAULTS if synthetic else REAL_DEFAULTS)
+    mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
+    if not mobilenet_tf.registry.accepts(config.backbone, "alpha"):
+        preset["alpha"] = 1.0  # the preset's width is the MobileNets'; other families have theirs in the name
     resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
                                               if getattr(config, key) is None})
+    mobilenet_tf.options_for(resolved.backbone, alpha=resolved.alpha)  # a width the family does not take
     if resolved.teacher_input_size is None:
         resolved = dataclasses.replace(resolved, teacher_input_size=resolved.input_size)
     mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError

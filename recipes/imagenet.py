@@ -167,10 +167,10 @@ def main(config):
         return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=config.label_smoothing)
 
     def build():
-        width = dict(alpha=config.alpha) if mobilenet_tf.registry.accepts(config.model, "alpha") else {}
         model = mobilenet_tf.build(
             config.model, input_shape=(config.image_size, config.image_size, 3), classes=num_classes,
-            include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights, **width,
+            include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights,
+            **mobilenet_tf.registry.options_for(config.model, alpha=config.alpha),
         )
         schedules.add_weight_decay(model, config.weight_decay)
         schedules.configure_batchnorm(model, momentum=config.bn_momentum)

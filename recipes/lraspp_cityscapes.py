@@ -63,7 +63,7 @@ class Config(config_lib.RunOptions):
     alpha: float = field(1.0, "backbone width multiplier")
     output_stride: int = field(16, "16 = last stage dilated (the paper's); 32 = not dilated", choices=[16, 32])
     reduced_tail: Optional[bool] = field(None, "halve the last stage (the paper's RF2)",
-                                           default_text="yes for MobileNets")
+                                           default_text="yes for MobileNetV3, no for V1/V2")
     filters: int = field(128, "LR-ASPP branch filters (Table 7)", choices=[128, 256])
     pooling: str = field("paper", "paper (large-kernel average pooling) | global", choices=list(lraspp.model.POOLINGS))
     dataset: Optional[str] = field(None, "synthetic | cityscapes | folder",

@@ -9,11 +9,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# Every (registry name, alpha) keras.applications publishes ImageNet weights for.
-PUBLISHED_VARIANTS = [("v1", a) for a in (0.25, 0.5, 0.75, 1.0)] + \
-    [("v2", a) for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)] + \
-    [(v, a) for v in ("v3_large", "v3_small") for a in (0.75, 1.0)] + \
-    [("v3_large_minimalistic", 1.0), ("v3_small_minimalistic", 1.0)]
+from mobilenet_tf import registry  # noqa: E402
+
+# Every (registry name, alpha) keras.applications publishes ImageNet weights for, among
+# the families with a width multiplier: derived from the registry's records.
+PUBLISHED_VARIANTS = [(record.name, alpha) for record in registry.variants()
+                      if record.published and record.width_argument == "alpha" for alpha in record.published.alphas]
 
 
 def randomize_batchnorm(model, seed=0):

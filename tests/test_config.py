@@ -134,3 +134,16 @@ def test_get_args_parser_takes_presets_and_escapes_percent():
     with pytest.raises(SystemExit):
         parser.parse_args(["--si", "3"])
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+
+@pytest.mark.parametrize("backbone, alpha", [("shufflenet_v2_x0_5", 1.0), ("squeezenet1_1", 1.0), ("v1", 0.5)])
+def test_facenet_synthetic_preset_width_applies_to_mobilenets_only(backbone, alpha):
+    """The synthetic preset's half-width student is a MobileNet setting: a family with
+    its width in its name (or none) resolves to alpha 1.0; an explicit other width for
+    it is refused while resolving, before any work."""
+    recipe = load_recipe("facenet_distill")
+    assert recipe.resolve(recipe.Config(backbone=backbone)).alpha == alpha
+    if alpha == 1.0:
+        with pytest.raises(ValueError, match="`alpha` applies to"):
+            recipe.resolve(recipe.Config(backbone=backbone, alpha=0.5))

@@ -115,8 +115,9 @@ def test_output_stride_sets_deeplab_dilation_rates(name, output_stride, rates):
 
 
 @pytest.mark.parametrize("name, channels, sizes", [
-    ("squeezenet1_1", {"C1": 64, "C2": 128, "C3": 256, "C4": 512, "C5": 512}, (111, 55, 27, 13, 13)),
-    ("squeezenet1_0", {"C1": 96, "C2": 256, "C3": 512, "C4": 512, "C5": 512}, (109, 54, 27, 13, 13)),
+    # SqueezeNet's last map is at stride 16: C4, and no C5 (endpoints are named by their stride).
+    ("squeezenet1_1", {"C1": 64, "C2": 128, "C3": 256, "C4": 512}, (111, 55, 27, 13)),
+    ("squeezenet1_0", {"C1": 96, "C2": 256, "C3": 512, "C4": 512}, (109, 54, 27, 13)),
     ("shufflenet_v1_g3", {"C1": 24, "C2": 24, "C3": 240, "C4": 480, "C5": 960}, (112, 56, 28, 14, 7)),
     ("shufflenet_v2_x1_0", {"C1": 24, "C2": 24, "C3": 116, "C4": 232, "C5": 1024}, (112, 56, 28, 14, 7)),
     ("xception", {"C1": 64, "C2": 128, "C3": 256, "C4": 728, "C5": 2048}, (109, 55, 28, 14, 7)),
@@ -186,7 +187,7 @@ def test_new_families_feed_the_lraspp_head():
     for name in ("shufflenet_v2_x0_5", "squeezenet1_1"):
         model = lraspp.build_lraspp(name, num_classes=3, input_shape=(64, 64, 3))
         assert run(model, np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
-    with pytest.raises(ValueError, match="`alpha` applies to the MobileNet backbones"):
+    with pytest.raises(ValueError, match=r"`alpha` applies to v1, v2, v3_\*; 'xception' has no width multiplier"):
         lraspp.build_lraspp("xception", alpha=0.5, input_shape=(128, 128, 3))
 
 

@@ -1,11 +1,13 @@
-"""Which package may import which: deployment (export, benchmark, compress) and the
-models never import the training package (see README's architecture section)."""
+"""Which package may import which: deployment (export, benchmark, compress), the models
+and the heads never import the training package (see README's architecture section)."""
 
 import subprocess
 import sys
 
 BELOW_TRAINING = ["mobilenet_tf", "mobilenet_tf.export", "mobilenet_tf.benchmark", "mobilenet_tf.compress",
-                  "mobilenet_tf.walkers", "mobilenet_tf.profile", "mobilenet_tf.weights", "mobilenet_tf.zoo"]
+                  "mobilenet_tf.walkers", "mobilenet_tf.profile", "mobilenet_tf.weights", "mobilenet_tf.zoo",
+                  "mobilenet_tf.heads.ssdlite", "mobilenet_tf.heads.ssdlite.deploy", "mobilenet_tf.heads.lraspp",
+                  "mobilenet_tf.heads.facenet"]
 
 
 def test_deployment_and_models_do_not_import_training():

@@ -65,8 +65,10 @@ def build_embedding_model(backbone="v1", alpha=1.0, input_size=160, embedding_di
 
     Args:
         backbone: a registry name (``mobilenet_tf.list_models()``), e.g. "v1"
-            (the paper's student), "v3_large".
-        alpha: width multiplier (Table 14: 1.0, 0.75).
+            (the paper's student), "v3_large", "shufflenet_v2_x0_5": its last
+            feature map, average-pooled, feeds the head.
+        alpha: width multiplier (Table 14: 1.0, 0.75) of the families that take
+            one; the others accept only None / 1.0 (their width is in the name).
         input_size: side of the square input (Table 14: 160, 128), >= 32.
         embedding_dim: embedding size D (FaceNet: 128).
         dropout_rate: dropout before the embedding layer, in [0, 1).
@@ -81,9 +83,16 @@ def build_embedding_model(backbone="v1", alpha=1.0, input_size=160, embedding_di
         >>> student = build_embedding_model("v1", alpha=0.75, input_size=128)
     """
     input_size, embedding_dim, dropout_rate = _check_head(input_size, embedding_dim, dropout_rate)
-    features = mobilenet_tf.build(backbone, alpha=alpha, input_shape=(input_size, input_size, 3), include_top=False,
-                                  pooling="avg", include_preprocessing=True, weights=weights)
-    return _with_head(features, embedding_dim, dropout_rate, name or f"facenet_{backbone}_{alpha:g}_{input_size}")
+    features, info = mobilenet_tf.registry.build_features(
+        backbone, alpha=alpha, reduced_tail=False, input_shape=(input_size, input_size, 3), include_preprocessing=True,
+        weights=weights)
+    pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features.output[list(info)[-1]])
+    return _with_head(keras.Model(features.input, pooled), embedding_dim, dropout_rate,
+                      name or f"facenet_{backbone}_{_alpha_tag(alpha)}_{input_size}")
+
+
+def _alpha_tag(alpha):
+    return f"{1.0 if alpha is None else alpha:g}"
 
 
 def build_teacher(backbone="v1", alpha=1.0, input_size=160, embedding_dim=128, dropout_rate=0.2, weights=None):
@@ -92,7 +101,7 @@ def build_teacher(backbone="v1", alpha=1.0, input_size=160, embedding_dim=128, d
     with the same embedding head. ``alpha`` is ignored for keras.applications."""
     if backbone not in KERAS_APPLICATIONS:
         return build_embedding_model(backbone, alpha, input_size, embedding_dim, dropout_rate, weights,
-                                     name=f"teacher_{backbone}_{alpha:g}_{input_size}")
+                                     name=f"teacher_{backbone}_{_alpha_tag(alpha)}_{input_size}")
     input_size, embedding_dim, dropout_rate = _check_head(input_size, embedding_dim, dropout_rate)
     constructor, min_size, (scale, offset) = KERAS_APPLICATIONS[backbone]
     if input_size < min_size:

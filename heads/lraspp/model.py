@@ -1,7 +1,8 @@
 """LR-ASPP, the MobileNetV3 segmentation head (V3 paper section 6.3, Figure 10).
 
 The head reads two backbone endpoints: the last feature map ("C5", stride 16 with
-``output_stride=16``) and a stride-8 low-level map ("C3")::
+``output_stride=16``; SqueezeNet's last is "C4") and a stride-8 low-level map ("C3"),
+their strides checked from the registry's feature information::
 
     C5 (1/16) -> 1x1 conv (filters) -> BN -> ReLU ---------------------+
     C5 (1/16) -> avg pool (large kernel, large stride) -> 1x1 conv ->  *  -> x2 up -> 1x1 conv (classes) --+
@@ -44,7 +45,7 @@ def build_lraspp(
     backbone="v3_large",
     num_classes=19,
     input_shape=(1024, 2048, 3),
-    alpha=1.0,
+    alpha=None,
     output_stride=16,
     reduced_tail=None,
     filters=128,
@@ -59,15 +60,18 @@ def build_lraspp(
 
     Args:
         backbone: a registry name ("v3_large", "v3_small", their minimalistic
-            forms, "v2", "v1") or a ``keras.Model`` whose output is a dict with
-            "C3" (stride 8) and "C5" (stride ``output_stride``) feature maps.
+            forms, "v2", "v1", ...; its last endpoint, at ``output_stride``, is the
+            high-level map: C5, or SqueezeNet's C4) or a ``keras.Model`` whose
+            output is a dict with "C3" (stride 8) and "C5" (stride
+            ``output_stride``) feature maps.
         num_classes: classes of the logits (19 for Cityscapes).
         input_shape: (height, width, 3); height and width divisible by
             ``output_stride``, or None (then ``pooling="global"``).
-        alpha: backbone width multiplier.
+        alpha: backbone width multiplier (families that take one; None = 1.0).
         output_stride: 16 (the paper's segmentation backbone) or 32 (no dilation).
-        reduced_tail: halve the last stage (the paper's RF2); None = yes for the
-            MobileNets, which have it, and no for the other families.
+        reduced_tail: halve the last stage (the paper's RF2); None = the registry
+            record's default (yes for V3, no for V1/V2; families without a reduced
+            tail accept only None / False).
         filters: channels of the two C5 branches, 128 or 256 (Table 7).
         pooling: "paper" (large-kernel average pooling, see the module docstring)
             or "global".
@@ -92,29 +96,34 @@ def build_lraspp(
         features = backbone.output
         inputs = backbone.inputs[0] if len(backbone.inputs) == 1 else backbone.inputs
         label = backbone.name
+        if not isinstance(features, dict) or not {HIGH_LEVEL, LOW_LEVEL} <= set(features):
+            found = sorted(features) if isinstance(features, dict) else type(features).__name__
+            raise ValueError(f"the LR-ASPP head needs backbone endpoints {HIGH_LEVEL!r} and {LOW_LEVEL!r} (a dict "
+                             f"output, e.g. build(..., include_top=False, return_endpoints=True)); got {found}.")
+        high, low = features[HIGH_LEVEL], features[LOW_LEVEL]
+        # A model of unknown origin has no feature information: its strides are read from the shapes.
+        ratio = output_stride // LOW_LEVEL_STRIDE
+        if high.shape[1] and low.shape[1] and abs(low.shape[1] - high.shape[1] * ratio) > ratio:
+            raise ValueError(f"backbone endpoints {LOW_LEVEL!r} {tuple(low.shape[1:3])} and {HIGH_LEVEL!r} "
+                             f"{tuple(high.shape[1:3])} are not at strides 8 and output_stride={output_stride}; "
+                             "pass the output_stride the backbone was built with.")
     else:
         input_shape = _check_input_shape(input_shape, output_stride)
+        mobilenet_tf.registry.get_entry(backbone)  # unknown name -> ValueError
         inputs = layers.Input(shape=input_shape, name="image")
-        options = dict(include_top=False, weights=weights, input_tensor=inputs,
-                       include_preprocessing=include_preprocessing, return_endpoints=True,
-                       output_stride=output_stride)
-        for argument, value, default in (("alpha", alpha, 1.0), ("reduced_tail", reduced_tail, None)):
-            if mobilenet_tf.registry.accepts(backbone, argument):
-                options[argument] = True if argument == "reduced_tail" and value is None else value
-            elif value not in (default, False):
-                raise ValueError(f"`{argument}` applies to the MobileNet backbones; {backbone!r} does not take it.")
-        features = mobilenet_tf.build(backbone, **options).output
+        model, info = mobilenet_tf.registry.build_features(
+            backbone, alpha=alpha, reduced_tail=reduced_tail, output_stride=output_stride, input_tensor=inputs,
+            include_preprocessing=include_preprocessing, weights=weights)
+        # The high-level map is the backbone's last (C5, or SqueezeNet's C4); strides from its feature info.
+        high_name = list(info)[-1]
+        strides = ", ".join(f"{key} (stride {feature.stride})" for key, feature in info.items())
+        if info[high_name].stride != output_stride or info.get(LOW_LEVEL) is None \
+                or info[LOW_LEVEL].stride != LOW_LEVEL_STRIDE:
+            raise ValueError(f"the LR-ASPP head needs a stride-{LOW_LEVEL_STRIDE} map ({LOW_LEVEL!r}) and a last "
+                             f"map at output_stride={output_stride}; {backbone!r} built with "
+                             f"output_stride={output_stride} has {strides}. Use output_stride={info[high_name].stride} for it, or another backbone.")
+        high, low = model.output[high_name], model.output[LOW_LEVEL]
         label = backbone
-    if not isinstance(features, dict) or not {HIGH_LEVEL, LOW_LEVEL} <= set(features):
-        found = sorted(features) if isinstance(features, dict) else type(features).__name__
-        raise ValueError(f"the LR-ASPP head needs backbone endpoints {HIGH_LEVEL!r} and {LOW_LEVEL!r} (a dict "
-                         f"output, e.g. build(..., include_top=False, return_endpoints=True)); got {found}.")
-    high, low = features[HIGH_LEVEL], features[LOW_LEVEL]
-    ratio = output_stride // LOW_LEVEL_STRIDE
-    if high.shape[1] and low.shape[1] and abs(low.shape[1] - high.shape[1] * ratio) > ratio:
-        raise ValueError(f"backbone endpoints {LOW_LEVEL!r} {tuple(low.shape[1:3])} and {HIGH_LEVEL!r} "
-                         f"{tuple(high.shape[1:3])} are not at strides 8 and output_stride={output_stride}; "
-                         "pass the output_stride the backbone was built with.")
     logits = lraspp_head(high, low, num_classes, output_stride, filters=filters, pooling=pooling,
                          pool_size=_pool_size(high, pool_crop_size, output_stride, pooling),
                          pool_strides=pool_strides,

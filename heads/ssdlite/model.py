@@ -17,7 +17,7 @@ import mobilenet_tf
 from mobilenet_tf import blocks
 from mobilenet_tf._keras import keras, layers
 from mobilenet_tf.heads.ssdlite import anchors as anchors_lib
-from mobilenet_tf.training import schedules
+from mobilenet_tf import walkers
 
 EXTRA_DEPTHS = (512, 256, 256, 128)
 # The stride-16 map: the expansion of the first stride-32 block (V2/V3, the TF OD API's
@@ -26,7 +26,7 @@ FIRST_MAP_ENDPOINTS = ("C4_expand", "C4")
 LAST_MAP_ENDPOINT = "C5"  # stride 32
 CLASS_BIAS_INIT = -4.6  # class_prediction_bias_init: sigmoid(-4.6) = 0.01 prior
 # Training settings of the reference config, set on the whole model (backbone too)
-# by ``build_ssdlite`` through ``schedules.add_weight_decay`` / ``configure_batchnorm``.
+# by ``build_ssdlite`` through ``walkers.add_weight_decay`` / ``configure_batchnorm``.
 WEIGHT_DECAY = 4e-5  # l2_regularizer weight
 BN_MOMENTUM = 0.97  # batch_norm decay (epsilon 1e-3 is blocks.BN_EPSILON)
 
@@ -53,19 +53,21 @@ def predictor(x, boxes_per_location, outputs_per_box, name, bias_init=0.0):
     return layers.Reshape((-1, outputs_per_box), name=name + "_flat")(y)
 
 
-def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0, reduced_tail=None,
+def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=None, reduced_tail=None,
                   anchor_spec=anchors_lib.AnchorSpec(), include_preprocessing=True, backbone_weights=None,
                   weight_decay=WEIGHT_DECAY, bn_momentum=BN_MOMENTUM, name=None):
     """SSDLite on a registry backbone.
 
     Args:
-        backbone: a registry name with stride-16 and stride-32 endpoints: v2,
-            v3_large, v3_small (first map "C4_expand") and v1 ("C4"), any alpha.
+        backbone: a registry name with stride-16 and stride-32 endpoints (checked
+            from its feature information): v2, v3_large, v3_small (first map
+            "C4_expand") and v1 ("C4"), any alpha; ShuffleNet and Xception ("C4").
         num_classes: class logits including the background column 0 (91 for COCO).
         input_size: square input side (320 in the reference config).
-        alpha: backbone width multiplier.
+        alpha: backbone width multiplier (families that take one; None = 1.0).
         reduced_tail: halve the backbone's last stage (the V3 paper's "dagger"
-            rows); None = yes for V3, no otherwise.
+            rows); None = the registry record's default (yes for V3, no for
+            V1/V2; families without a reduced tail accept only None / False).
         anchor_spec: ``anchors.AnchorSpec``.
         backbone_weights: None, "imagenet" or a file.
         weight_decay: L2 on every conv kernel except depthwise (the reference
@@ -77,30 +79,24 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
         "classes": (B, A, num_classes)}, float32. ``model.anchors`` is not set;
         use ``anchors_for(model)``.
     """
-    entry = mobilenet_tf.registry.get_entry(backbone)
+    mobilenet_tf.registry.get_entry(backbone)  # unknown name -> ValueError, first
     if num_classes < 2:
         raise ValueError(f"`num_classes` counts the background column and must be >= 2; got {num_classes}.")
     if not isinstance(input_size, int) or input_size < 64:
         raise ValueError(f"`input_size` must be an integer >= 64 (the six maps need it); got {input_size!r}.")
-    if reduced_tail is None:
-        reduced_tail = backbone.startswith("v3")
-    options = dict(input_shape=(input_size, input_size, 3), include_top=False, return_endpoints=True,
-                   include_preprocessing=include_preprocessing, weights=backbone_weights)
-    if mobilenet_tf.registry.accepts(backbone, "alpha"):
-        options["alpha"] = alpha
-    if mobilenet_tf.registry.accepts(backbone, "reduced_tail"):
-        options["reduced_tail"] = reduced_tail
-    features = mobilenet_tf.build(entry.name, **options)
-    first = next((key for key in FIRST_MAP_ENDPOINTS if key in features.output), None)
-    if first is None or LAST_MAP_ENDPOINT not in features.output:
-        raise ValueError(f"SSDLite needs backbone endpoints {'/'.join(FIRST_MAP_ENDPOINTS)} and {LAST_MAP_ENDPOINT}; "
-                         f"{backbone!r} has {sorted(features.output)}. Use v1, v2, v3_large or v3_small.")
-    maps = [features.output[first], features.output[LAST_MAP_ENDPOINT]]
-    expected = [-(-input_size // 16), -(-input_size // 32)]
-    if [m.shape[1] for m in maps] != expected:
+    features, info = mobilenet_tf.registry.build_features(
+        backbone, alpha=alpha, reduced_tail=reduced_tail, input_shape=(input_size, input_size, 3),
+        include_preprocessing=include_preprocessing, weights=backbone_weights)
+    # The endpoints' strides come from the registry's feature information.
+    first = next((key for key in FIRST_MAP_ENDPOINTS if key in info and info[key].stride == 16), None)
+    last = LAST_MAP_ENDPOINT if LAST_MAP_ENDPOINT in info and info[LAST_MAP_ENDPOINT].stride == 32 else None
+    if first is None or last is None:
+        strides = ", ".join(f"{key} (stride {feature.stride})" for key, feature in info.items())
         raise ValueError(f"SSDLite needs stride-16 and stride-32 feature maps ({'/'.join(FIRST_MAP_ENDPOINTS)} and "
-                         f"{LAST_MAP_ENDPOINT}, {expected[0]} and {expected[1]} pixels at input {input_size}); "
-                         f"{backbone!r} gives {[m.shape[1] for m in maps]}. Use v1, v2, v3_large or v3_small.")
+                         f"{LAST_MAP_ENDPOINT}); {backbone!r} has no {'stride-32' if first else 'stride-16'} map: "
+                         f"its endpoints are {strides}. Use v1, v2, v3_large or v3_small (any alpha), or another "
+                         "backbone with a stride-32 stage (ShuffleNet, Xception).")
+    maps = [features.output[first], features.output[last]]
     maps += extra_layers(maps[-1])
     per_location = anchors_lib.anchors_per_location(anchor_spec)
     if len(per_location) != len(maps):
@@ -113,8 +109,8 @@ def build_ssdlite(backbone="v3_large", num_classes=91, input_size=320, alpha=1.0
         "classes": layers.Concatenate(axis=1, name="classes", dtype="float32")(classes),
     }
     model = keras.Model(features.input, outputs, name=name or f"ssdlite_{backbone}_{input_size}")
-    schedules.add_weight_decay(model, weight_decay)
-    schedules.configure_batchnorm(model, momentum=bn_momentum)
+    walkers.add_weight_decay(model, weight_decay)
+    walkers.configure_batchnorm(model, momentum=bn_momentum)
     return model
 
 
