@@ -16,8 +16,18 @@ import time
 import numpy as np
 import tensorflow as tf
 
-BACKENDS = {"keras": None, "tflite": None, "tflite-fp16": "float16", "tflite-dynamic": "dynamic",
-            "tflite-int8": "int8"}
+from mobilenet_tf import export
+
+# "keras", then "tflite-<q>" for each post-training quantization name of export.FORMATS
+# (the value: that name; None for Keras).
+BACKENDS = {"keras": None, **{f"tflite-{name}": name for name in export.FORMATS}}
+# Older backend names, still accepted: "tflite" is fp32, "tflite-fp16" float16.
+BACKEND_ALIASES = {"tflite": "tflite-fp32", "tflite-fp16": "tflite-float16"}
+
+
+def backend_quantization(backend):
+    """The quantization name a backend converts with (None for "keras"); aliases accepted."""
+    return BACKENDS[BACKEND_ALIASES.get(backend, backend)]
 
 
 def median_seconds(fns, x, repeats, warmup=3):
@@ -82,9 +92,10 @@ def _weight_bytes(model):
 
 
 def check_backends(backends):
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in BACKENDS and b not in BACKEND_ALIASES]
     if unknown or not backends:
-        raise ValueError(f"`backends` must be among {', '.join(BACKENDS)}; got {unknown or backends}.")
+        raise ValueError(f"`backends` must be among {', '.join([*BACKENDS, *BACKEND_ALIASES])}; got "
+                         f"{unknown or backends}.")
 
 
 def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30, warmup=3,
@@ -94,7 +105,8 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
 
     Args:
         model: a Keras 3 model with a static input size.
-        backends: names from ``BACKENDS``.
+        backends: names from ``BACKENDS`` (or ``BACKEND_ALIASES``); each result
+            row keeps the name as given.
         batch: batch size of the timed input (random pixels in [0, 255]).
         threads: TFLite interpreter threads (None: TFLite's default).
         calibration: input batches for "tflite-int8" (default: 8 random batches;
@@ -107,8 +119,6 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
         A list of dicts: backend, latency_ms (median), p90_ms, images_per_second,
         model_bytes, and with ``madds`` also madds_per_ms and peak_share.
     """
-    from mobilenet_tf import export
-
     check_backends(backends)
     shape = (batch,) + tuple(model.input_shape[1:])
     if None in shape:
@@ -123,7 +133,7 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
                 fns.append(tf.function(lambda images: model(images, training=False)))
                 sizes.append(_weight_bytes(model))
                 continue
-            quantization = BACKENDS[backend]
+            quantization = backend_quantization(backend)
             data = calibration
             if quantization == "int8" and data is None:
                 data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]

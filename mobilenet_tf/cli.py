@@ -18,6 +18,29 @@ import sys
 import tempfile
 
 
+class _Choices:
+    """argparse ``choices`` read from a module only when used (parsing that flag or
+    printing its help), so that commands such as ``list`` never import TensorFlow."""
+
+    def __init__(self, load):
+        self._load = load
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __contains__(self, value):
+        return value in self._load()
+
+
+def _quantize_choices():
+    from mobilenet_tf import export
+
+    return ["none", *export.FORMATS]  # "none": the old spelling of fp32, still the default
+
+
+# --quantize: the post-training names of export.QUANTIZATIONS, and "none" (= fp32).
+QUANTIZE_CHOICES = _Choices(_quantize_choices)
+
 # What --alpha, --resolution and --classes mean when not given (and, for export /
 # bench with --weights, when no config.json of a recipe run lies next to the file).
 MODEL_DEFAULTS = dict(alpha=1.0, resolution=224, classes=1000)
@@ -47,7 +70,7 @@ def get_args_parser():
     _model_args(p, from_run=True)
     p.add_argument("--weights", help="a .weights.h5 file (default: random weights); a recipe run's config.json "
                                      "next to it gives --alpha, --resolution and --classes")
-    p.add_argument("--quantize", default="none", choices=["none", "float16", "dynamic", "int8"],
+    p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                    help="weights / activations format (default none: float32)")
     p.add_argument("--calibration-images", type=int, default=200,
                    help="int8: synthetic images to calibrate on (default 200)")
@@ -58,7 +81,9 @@ def get_args_parser():
     p.add_argument("--weights", help="a .weights.h5 file (default: random weights, BatchNormalization statistics "
                                      "set from synthetic images so activations have a trained model's scale)")
     p.add_argument("--backends", default="keras,tflite",
-                   help="comma list of keras, tflite, tflite-fp16, tflite-dynamic, tflite-int8")
+                   help="comma list of keras and tflite-<quantization> backends, the quantization one of "
+                        "export.FORMATS (tflite-fp32, tflite-float16, tflite-dynamic, tflite-int8); the older "
+                        "names tflite (fp32) and tflite-fp16 still work")
     p.add_argument("--batch", type=int, default=1, help="images per call, >= 1 (default 1)")
     p.add_argument("--threads", type=int, default=None, help="TFLite threads, >= 1 (default: TFLite's)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per backend, >= 1 (default 30)")
@@ -276,16 +301,17 @@ def _check_out(args):
 def _export(args):
     from mobilenet_tf import export
 
-    if args.quantize == "int8" and args.calibration_images < 1:
+    quantization = export.quantization_name(args.quantize, tuple(export.FORMATS), what="--quantize")
+    if quantization == "int8" and args.calibration_images < 1:
         raise ValueError(f"`--calibration-images` must be >= 1 for --quantize int8; got {args.calibration_images}.")
     _check_out(args)
     model = _build(args)
     calibration = None
-    if args.quantize == "int8":
+    if quantization == "int8":
         # Representative data: the synthetic classification images at the model's size
         # (pixels in [0, 255], as the models take them with include_preprocessing).
         calibration = _synthetic_images(args.calibration_images, args.resolution)[:, None]
-    path = export.to_tflite(model, args.out, None if args.quantize == "none" else args.quantize, calibration,
+    path = export.to_tflite(model, args.out, quantization, calibration,
                             calibration_steps=args.calibration_images)
     print(f"{path}: {os.path.getsize(path):,} bytes ({args.quantize})")
 

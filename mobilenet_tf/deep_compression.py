@@ -27,7 +27,7 @@ import numpy as np
 import mobilenet_tf
 from mobilenet_tf import _keras, compress, export, weights
 from mobilenet_tf.data import classification
-from mobilenet_tf.training import config as config_lib, engine, schedules
+from mobilenet_tf.training import config as config_lib, recipe, reports, run_dir, schedules
 from mobilenet_tf.training.config import field
 
 keras = _keras.keras
@@ -73,10 +73,8 @@ def resolve(config):
         raise ValueError(f"`--prune` (target sparsity) must be in (0, 1), or 0 for none; got {config.prune}.")
     if config.clusters is not None and config.clusters < 2:
         raise ValueError(f"`--clusters` must be >= 2, or 0 for none; got {config.clusters}.")
-    for name in ("train_steps", "prune_steps", "cluster_steps", "qat_steps", "batch_size", "eval_examples",
-                 "calibration_images"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(config, name)}.")
+    recipe.check_at_least_one(config, ("train_steps", "prune_steps", "cluster_steps", "qat_steps", "batch_size",
+                                       "eval_examples", "calibration_images"))
     if config.weights and not os.path.isfile(config.weights):
         raise ValueError(f"`--weights` {config.weights!r} is not a file (expected an .npz from "
                          "mobilenet_tf.weights.save_by_name).")
@@ -87,22 +85,31 @@ def resolve(config):
 
 def load_data(config):
     """(training batches, evaluation images (N, S, S, 3), labels (N,))."""
-    if config.dataset == "synthetic":
-        train = classification.synthetic_split(True, config.train_examples, config.input_size, config.classes,
-                                               config.seed)
-        val = classification.synthetic_split(False, config.eval_examples, config.input_size, config.classes,
-                                             config.seed)
-    else:
-        train = classification.tfds_split(config.dataset, "train", config.data_dir)
-        val = classification.tfds_split(config.dataset, "validation", config.data_dir)
-        if train.num_classes != config.classes:
-            raise ValueError(f"{config.dataset!r} has {train.num_classes} classes; the model has {config.classes}.")
+    train, val = _split(config, training=True), _split(config, training=False)
+    if config.dataset != "synthetic" and train.num_classes != config.classes:
+        raise ValueError(f"{config.dataset!r} has {train.num_classes} classes; the model has {config.classes}.")
     train_ds = classification.make_pipeline(train, training=True, batch_size=config.batch_size,
                                             image_size=config.input_size, area_range=(0.25, 1.0), seed=config.seed)
     val_ds = classification.make_pipeline(val, training=False, batch_size=config.eval_examples,
                                           image_size=config.input_size)
     images, labels = next(iter(val_ds))
     return train_ds, images.numpy(), labels.numpy()
+
+
+def calibration_images(config):
+    """Post-training int8 calibration batches by the recipes' rule: training images as
+    evaluated (center crop, no augmentation), shuffled, one per batch."""
+    train = _split(config, training=True)
+    shuffled = recipe.shuffled_split(train, config.calibration_images, config.seed)
+    return classification.make_pipeline(shuffled, training=False, batch_size=1,
+                                        image_size=config.input_size).map(lambda image, label: image)
+
+
+def _split(config, training):
+    if config.dataset == "synthetic":
+        examples = config.train_examples if training else config.eval_examples
+        return classification.synthetic_split(training, examples, config.input_size, config.classes, config.seed)
+    return classification.tfds_split(config.dataset, "train" if training else "validation", config.data_dir)
 
 
 def fit(model, train_ds, lr, steps, callbacks=()):
@@ -134,7 +141,7 @@ def main(config):
     compress.require_legacy_keras()
     keras.utils.set_random_seed(config.seed)
     train_ds, images, labels = load_data(config)
-    run = engine.prepare_run_dir(config.output_dir, config.overwrite)
+    run = run_dir.prepare_run_dir(config.output_dir, config.overwrite)
     config_lib.save_config(config, run.path("config.json"))
     model = build_model(config)
     schedules.configure_batchnorm(model, momentum=0.9)
@@ -175,9 +182,11 @@ def main(config):
                         config.qat_steps)
         export.to_tflite(reference, int8_path, "qat")
     else:
+        # The recipes' calibration rule (mobilenet_tf.training.recipe): shuffled training
+        # images as evaluated.
         reference = current
-        calibration = train_ds.unbatch().batch(1).map(lambda image, label: image)
-        export.to_tflite(current, int8_path, "int8", calibration, calibration_steps=config.calibration_images)
+        export.to_tflite(current, int8_path, "int8", calibration_images(config),
+                         calibration_steps=config.calibration_images)
     int8 = export.TFLiteModel(int8_path)
     record("int8", int8_path, int8)
     weights.save_by_name(current, run.path("compressed.npz"))
@@ -208,7 +217,7 @@ def main(config):
         metrics["qat_accuracy"] = metrics["int8_reference_accuracy"]
     write_report(stages, run.path("report.md"))
     plot_stages(stages, run.path("size_accuracy.png"))
-    engine.write_metrics(run, metrics)
+    reports.write_metrics(run, metrics)
     print(f"compression {metrics['compression_ratio']:.1f}x, int8 accuracy {metrics['int8_tflite_accuracy']:.4f} "
           f"(float {metrics['float_accuracy']:.4f})  -> {run.root}")
     return metrics
@@ -246,4 +255,4 @@ def plot_stages(stages, path):
 
 
 if __name__ == "__main__":  # python -m mobilenet_tf.deep_compression (with TF_USE_LEGACY_KERAS=1 set)
-    engine.recipe_main(main, Config)
+    recipe.recipe_main(main, Config)

@@ -16,9 +16,29 @@ import tensorflow as tf
 
 from mobilenet_tf import blocks
 
-QUANTIZATIONS = (None, "float16", "dynamic", "int8", "qat")
-# The recipes' ``--tflite`` names -> ``to_tflite``'s ``quantization``.
-FORMATS = {"fp32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+# The quantization vocabulary, defined once: every flag, backend name and argument
+# that picks a TFLite quantization uses these names (see ``quantization_name``).
+#   fp32     float32 weights and activations
+#   float16  float16 weights (dequantized at load), float32 activations
+#   dynamic  int8 weights, float activations (dynamic-range)
+#   int8     full-integer kernels calibrated on representative data, float32 input and output
+#   qat      int8 from a quantization-aware model's learned ranges (``compress.quantize_aware``)
+QUANTIZATIONS = ("fp32", "float16", "dynamic", "int8", "qat")
+# What users typed before the vocabulary was one; each still means its name.
+ALIASES = {None: "fp32", "none": "fp32", "float32": "fp32", "fp16": "float16"}
+# The post-training formats a model converts to on its own: the recipes' ``--tflite``
+# names, the CLI's ``--quantize`` (besides the aliases) and the bench backends.
+# The value is the legacy ``to_tflite`` spelling (None for fp32), kept for old callers.
+FORMATS = {name: (None if name == "fp32" else name) for name in QUANTIZATIONS if name != "qat"}
+
+
+def quantization_name(name, allowed=QUANTIZATIONS, what="quantization"):
+    """The vocabulary's name of ``name`` (an alias such as None / "none" / "fp16" is
+    resolved); ``ValueError`` naming ``what`` and the ``allowed`` names otherwise."""
+    canonical = ALIASES.get(name, name) if name is None or isinstance(name, str) else name
+    if canonical not in allowed:
+        raise ValueError(f"`{what}` must be one of {list(allowed)}; got {name!r}.")
+    return canonical
 
 
 def parse_formats(flag, allowed=tuple(FORMATS)):
@@ -37,17 +57,17 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
     Args:
         model: a ``keras.Model`` (Keras 3 or tf_keras).
         path: output file.
-        quantization: None (float32), "float16" (fp16 weights), "dynamic"
-            (int8 weights, float activations) or "int8" (full-integer kernels
-            calibrated on ``representative_data``; float32 input and output) or
-            "qat" (a quantization-aware model from ``compress.quantize_aware``:
-            int8 from the ranges its fake-quant nodes learned, no calibration).
+        quantization: a name of ``QUANTIZATIONS``: "fp32" (also None, "none"),
+            "float16" (fp16 weights), "dynamic" (int8 weights, float
+            activations) or "int8" (full-integer kernels calibrated on
+            ``representative_data``; float32 input and output) or "qat" (a
+            quantization-aware model from ``compress.quantize_aware``: int8 from
+            the ranges its fake-quant nodes learned, no calibration).
         representative_data: for "int8": an iterable of input batches (numpy or
             tensors of the model's input shape), e.g. a ``tf.data`` of images.
         calibration_steps: at most this many batches are used for calibration.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
+    quantization = quantization_name(quantization)
     if quantization == "int8" and representative_data is None:
         raise ValueError("`quantization='int8'` needs `representative_data` (input batches) to calibrate "
                          "activation ranges.")
@@ -59,7 +79,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         else:
             _save_serving_function(model, saved_model)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        if quantization is not None:  # "qat": DEFAULT alone turns fake-quant ranges into int8
+        if quantization != "fp32":  # "qat": DEFAULT alone turns fake-quant ranges into int8
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
@@ -69,7 +89,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         return write_file(path, converter.convert())
 
 
-FLOAT_ACTIVATIONS = (None, "float16", "dynamic")  # files whose activations stay float
+FLOAT_ACTIVATIONS = ("fp32", "float16", "dynamic")  # files whose activations stay float
 
 
 def fuse_hard_swish(model):

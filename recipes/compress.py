@@ -20,14 +20,11 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow: TFMOT works on tf_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from mobilenet_tf import deep_compression  # noqa: E402
-from mobilenet_tf.training import config as config_lib, engine  # noqa: E402
+from mobilenet_tf.training import recipe  # noqa: E402
 
-Config, main = deep_compression.Config, deep_compression.main
-
-
-def get_args_parser():
-    return config_lib.get_args_parser(Config)
-
+# The skeleton's entry points over deep_compression's Config / resolve / main (its
+# stages are not a train-then-export run, so it is not a Recipe subclass).
+Config, resolve, main, get_args_parser, cli = recipe.script(deep_compression)
 
 if __name__ == "__main__":
-    engine.recipe_main(main, Config)
+    cli()

@@ -29,11 +29,11 @@ identities disjoint).
 The run directory gets config.json, teacher/ (its checkpoints and
 teacher.keras when trained here), the student's checkpoints, TensorBoard logs,
 history.csv, metrics.json, roc.png, curves.png, model.keras, saved_model/ and
-optionally TFLite students.
+optionally TFLite students (int8 calibrated on shuffled training faces:
+``mobilenet_tf.training.recipe``'s rule).
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
@@ -42,11 +42,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import export  # noqa: E402
+from mobilenet_tf.heads.facenet import data, losses, model as model_lib, teacher as teacher_lib  # noqa: E402
+from mobilenet_tf.heads.facenet import verification  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
-from mobilenet_tf.data import image_check  # noqa: E402
-from mobilenet_tf.heads.facenet import data, losses, model as model_lib, verification  # noqa: E402
-from mobilenet_tf.training import config as config_lib, engine, schedules, strategy as strategy_lib  # noqa: E402
+from mobilenet_tf.training import config as config_lib, recipe, run_dir, schedules  # noqa: E402
+from mobilenet_tf.training.fit import run_training  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # Real data: FaceNet's settings where it states them (128-d unit embeddings,
@@ -64,8 +64,7 @@ REAL_DEFAULTS = dict(alpha=1.0, input_size=160, teacher_backbone="inception_resn
 SYNTHETIC_DEFAULTS = dict(alpha=0.5, input_size=64, teacher_backbone="v1", teacher_alpha=1.0, teacher_epochs=8,
                           epochs=8, identities_per_batch=16, images_per_identity=4, optimizer="adam",
                           learning_rate=2e-3, teacher_learning_rate=2e-3, triplet_weight=0.0, bn_momentum=0.9)
-OPTIMIZERS = {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam,
-              "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
+OPTIMIZERS = teacher_lib.OPTIMIZERS
 
 
 @dataclasses.dataclass
@@ -124,40 +123,143 @@ class Config(config_lib.RunOptions):
         return self.identities_per_batch * self.images_per_identity
 
 
-def resolve(config):
-    """Fill every None with the data's default; check inputs early."""
-    synthetic = config.train_dir is None
-    preset = dict(SYNTHETIC_DEFAULTS if synthetic else REAL_DEFAULTS)
-    mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
-    if not mobilenet_tf.registry.accepts(config.backbone, "alpha"):
-        preset["alpha"] = 1.0  # the preset's width is the MobileNets'; other families have theirs in the name
-    resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
-                                              if getattr(config, key) is None})
-    mobilenet_tf.options_for(resolved.backbone, alpha=resolved.alpha)  # a width the family does not take
-    if resolved.teacher_input_size is None:
-        resolved = dataclasses.replace(resolved, teacher_input_size=resolved.input_size)
-    mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError
-    if resolved.teacher is None and resolved.teacher_backbone not in model_lib.KERAS_APPLICATIONS:
-        mobilenet_tf.registry.get_entry(resolved.teacher_backbone)
-    for name in ("epochs", "teacher_epochs", "eval_every", "eval_batch_size", "embedding_dim"):
-        if getattr(resolved, name) < 1:
-            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
-    for name in ("teacher", "weights", "pairs_file"):
-        path = getattr(resolved, name)
-        if path and not os.path.isfile(path):
-            raise ValueError(f"`--{name.replace('_', '-')}` {path!r} is not a file.")
-    for name in ("train_dir", "lfw_dir", "eval_dir", "data_dir"):
-        path = getattr(resolved, name)
-        if path and not os.path.isdir(path):
-            raise ValueError(f"`--{name.replace('_', '-')}` {path!r} is not a directory.")
-    if resolved.eval_only and not resolved.weights:
-        raise ValueError("`--eval-only` needs --weights (a student .weights.h5).")
-    if not synthetic and not (resolved.data_dir or resolved.lfw_dir or resolved.eval_dir):
-        raise ValueError("with --train-dir, say what to evaluate on: --data-dir (TFDS lfw), --lfw-dir (with "
-                         "--pairs-file) or --eval-dir (held-out identity folders).")
-    losses.check_loss_options(resolved.margin, resolved.mining, resolved.triplet_weight, resolved.distill_weight)
-    export.parse_formats(resolved.tflite)
-    return resolved
+class FaceNetDistill(recipe.Recipe):
+    """Face embeddings: a teacher (given or trained here), then the student distilled from its
+    cached embeddings; both verified by the LFW 10-fold protocol."""
+
+    Config = Config
+    at_least_one = ("epochs", "teacher_epochs", "eval_every", "eval_batch_size", "embedding_dim")
+    weights_text = "a student .weights.h5"
+    monitor, plot_metric = "val_accuracy", "accuracy"
+    tflite_name = "student"
+
+    @classmethod
+    def preset_label(cls, config):
+        return "synthetic" if config.train_dir is None else "real data"
+
+    @classmethod
+    def preset(cls, config):
+        preset = super().preset(config)
+        mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
+        if not mobilenet_tf.registry.accepts(config.backbone, "alpha"):
+            preset["alpha"] = 1.0  # the preset's width is the MobileNets'; other families have theirs in the name
+        return preset
+
+    @classmethod
+    def validate(cls, config):
+        mobilenet_tf.options_for(config.backbone, alpha=config.alpha)  # a width the family does not take
+        if config.teacher_input_size is None:
+            config = dataclasses.replace(config, teacher_input_size=config.input_size)
+        if config.teacher is None and config.teacher_backbone not in model_lib.KERAS_APPLICATIONS:
+            mobilenet_tf.registry.get_entry(config.teacher_backbone)
+        for name in ("teacher", "weights", "pairs_file"):
+            path = getattr(config, name)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"`--{name.replace('_', '-')}` {path!r} is not a file.")
+        for name in ("train_dir", "lfw_dir", "eval_dir", "data_dir"):
+            path = getattr(config, name)
+            if path and not os.path.isdir(path):
+                raise ValueError(f"`--{name.replace('_', '-')}` {path!r} is not a directory.")
+        if config.train_dir is not None and not (config.data_dir or config.lfw_dir or config.eval_dir):
+            raise ValueError("with --train-dir, say what to evaluate on: --data-dir (TFDS lfw), --lfw-dir (with "
+                             "--pairs-file) or --eval-dir (held-out identity folders).")
+        losses.check_loss_options(config.margin, config.mining, config.triplet_weight, config.distill_weight)
+        return config
+
+    def load_splits(self):
+        config, replicas = self.config, self.strategy.num_replicas_in_sync
+        if (config.global_batch_size // replicas) % config.images_per_identity:
+            raise ValueError(f"each of the {replicas} replicas must get whole identities: P x K / "
+                             f"replicas = {config.global_batch_size / replicas:g} is not a multiple of K = "
+                             f"{config.images_per_identity}; change --identities-per-batch.")
+        train = None if config.eval_only else load_train(config)
+        if train is not None:
+            data.check_identity_batch(train, config.identities_per_batch, config.images_per_identity)
+        self.pairs = load_pairs(config)
+        return train, self.pairs.split
+
+    def prepare(self):
+        self.teacher = teacher_lib.load_teacher(self.config.teacher, self.config.embedding_dim)
+
+    def count_steps(self):
+        train = self.train_split
+        return self.config.steps_per_epoch or max(1, len(train) // self.config.global_batch_size
+                                                  if train is not None else 1)
+
+    def build_student(self):
+        config = self.config
+        student = model_lib.build_embedding_model(config.backbone, config.alpha, config.input_size,
+                                                  config.embedding_dim, config.dropout_rate)
+        if config.weights:
+            student.load_weights(config.weights)
+        return student
+
+    def eval_only_model(self):
+        with self.strategy.scope():
+            return self.build_student()
+
+    def train_embedding(self, directory, *, build_model, loss, train_ds, epochs, learning_rate):
+        """Train an embedding model (teacher or student) into ``directory`` with the shared
+        ``run_training``: cosine-decayed ``--optimizer``, verification accuracy on the pairs
+        picks the best weights; returns (model, history)."""
+        config, steps_per_epoch = self.config, self.steps_per_epoch
+
+        def build():
+            model = build_model()
+            schedules.configure_batchnorm(model, momentum=config.bn_momentum)
+            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
+            return model, OPTIMIZERS[config.optimizer](schedule), loss, []
+
+        run = self.run if directory == self.run.root else run_dir.RunDir(directory)
+        return run_training(
+            build=build, train_ds=train_ds, eval_ds=None, evaluate=teacher_lib.make_evaluate(
+                self.pairs, config.eval_batch_size), evaluate_every=config.eval_every, monitor=self.monitor,
+            epochs=epochs, steps_per_epoch=steps_per_epoch, eval_steps=None, run=run, strategy=self.strategy,
+            global_batch_size=config.global_batch_size, options=config)
+
+    def train(self):
+        config, train = self.config, self.train_split
+        self.teacher = self.teacher or teacher_lib.train_teacher(
+            config, train, self.pairs, self.run.path("teacher"), chief=self.chief,
+            train_embedding=lambda *args, **kwargs: self.train_embedding(*args, **kwargs)[0])
+        targets = teacher_lib.teacher_embeddings(self.teacher, train, self.run.root, config.eval_batch_size,
+                                                 write=self.chief) if config.distill_weight else None
+        train_ds = data.identity_batches(train, config.identities_per_batch, config.images_per_identity,
+                                         config.input_size, teacher_embeddings=targets, seed=config.seed + 1)
+        loss = losses.FaceNetLoss(config.margin, config.mining, config.triplet_weight, config.distill_weight)
+        return self.train_embedding(self.run.root, build_model=self.build_student, loss=loss, train_ds=train_ds,
+                                    epochs=config.epochs, learning_rate=config.learning_rate)
+
+    def final_metrics(self, model, history):
+        config, pairs, teacher, train = self.config, self.pairs, self.teacher, self.train_split
+        student_results = verification.verify(model, pairs, config.eval_batch_size)
+        metrics = dict(_prefixed("student", student_results, model), backbone=config.backbone, alpha=config.alpha,
+                       input_size=config.input_size, embedding_dim=config.embedding_dim,
+                       num_pairs=int(len(pairs.same)), num_folds=pairs.num_folds,
+                       eval_identities=pairs.split.num_identities)
+        self.curves = {"student": student_results["roc"]}
+        if teacher is not None:
+            teacher_results = verification.verify(teacher, pairs, config.eval_batch_size)
+            metrics.update(_prefixed("teacher", teacher_results, teacher), teacher_name=teacher.name)
+            self.curves["teacher"] = teacher_results["roc"]
+        if train is not None:
+            metrics.update(train_images=len(train), train_identities=train.num_identities, skipped=train.skipped)
+        return metrics
+
+    def profiled_model(self, model):
+        return None  # metrics.json has student_params / teacher_params instead
+
+    def write_outputs(self, model, metrics):
+        verification.plot_roc(self.curves, self.run.path("roc.png"))
+
+    def calibration_images(self, split, count):
+        indices = np.random.default_rng(self.config.seed).permutation(len(split))[:count]
+        return data.image_batches(split, self.config.input_size, 1, indices)
+
+    def summary(self, metrics):
+        gap = f", teacher {metrics['teacher_accuracy']:.4f}" if self.teacher is not None else ""
+        return (f"student accuracy {metrics['student_accuracy']:.4f}{gap}  VAL@FAR=1e-3 "
+                f"{metrics['student_val_at_far_1e-3']:.4f}  " + super().summary(metrics))
 
 
 def load_train(config):
@@ -186,159 +288,6 @@ def load_pairs(config):
     return data.make_pairs(split, seed=config.seed)
 
 
-def make_evaluate(pairs, batch_size):
-    """``model -> {accuracy, tar_at_far_1e-3}`` for the engine's per-epoch evaluation
-    (logged as ``val_accuracy``, ``val_tar_at_far_1e-3``: TAR is FaceNet's VAL)."""
-    def evaluate(model):
-        results = verification.verify(model, pairs, batch_size)
-        return {"accuracy": results["accuracy"], "tar_at_far_1e-3": results["val_at_far_1e-3"]}
-    return evaluate
-
-
-def train_embedding(config, *, build_model, loss, train_ds, steps_per_epoch, epochs, learning_rate, run, strategy,
-                    pairs):
-    """Train an embedding model with ``engine.run_training``; returns (model, history)."""
-    def build():
-        model = build_model()
-        schedules.configure_batchnorm(model, momentum=config.bn_momentum)
-        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
-        return model, OPTIMIZERS[config.optimizer](schedule), loss, []
-
-    return engine.run_training(
-        build=build, train_ds=train_ds, eval_ds=None, evaluate=make_evaluate(pairs, config.eval_batch_size),
-        evaluate_every=config.eval_every, monitor="val_accuracy", epochs=epochs, steps_per_epoch=steps_per_epoch,
-        eval_steps=None, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
-        jit_compile=config.jit_compile, sync_batchnorm=config.sync_batchnorm,
-        verbose=config_lib.keras_verbose(config.verbose))
-
-
-def load_teacher(config):
-    """The ``--teacher`` model, checked against the student's embedding size; None without one."""
-    if not config.teacher:
-        return None
-    teacher = keras.models.load_model(config.teacher, compile=False)
-    dim = model_lib.embedding_dim(teacher)
-    model_lib.input_size(teacher)
-    if dim != config.embedding_dim:
-        raise ValueError(f"the teacher {config.teacher!r} embeds into {dim} dimensions but the student into "
-                         f"{config.embedding_dim}: pass --embedding-dim {dim} (distillation matches the "
-                         "embeddings coordinate by coordinate).")
-    return teacher
-
-
-def train_teacher(config, train, pairs, run, strategy, steps_per_epoch):
-    """A teacher trained here with the triplet loss in ``teacher/``; a finished one
-    (``teacher/teacher.keras``, e.g. from an interrupted run) is reused."""
-    saved = os.path.join(run.root, "teacher", "teacher.keras")
-    if os.path.exists(saved):
-        return keras.models.load_model(saved, compile=False)
-    teacher_run = engine.RunDir(os.path.join(run.root, "teacher"))
-    os.makedirs(teacher_run.root, exist_ok=True)
-    train_ds = data.identity_batches(train, config.identities_per_batch, config.images_per_identity,
-                                     config.teacher_input_size, seed=config.seed)
-    teacher, _ = train_embedding(
-        config, loss=losses.FaceNetLoss(config.margin, config.mining, triplet_weight=1.0),
-        build_model=lambda: model_lib.build_teacher(config.teacher_backbone, config.teacher_alpha,
-                                                    config.teacher_input_size, config.embedding_dim,
-                                                    config.dropout_rate, config.teacher_weights),
-        train_ds=train_ds, steps_per_epoch=steps_per_epoch, epochs=config.teacher_epochs,
-        learning_rate=config.teacher_learning_rate, run=teacher_run, strategy=strategy, pairs=pairs)
-    if strategy_lib.is_chief(strategy):
-        teacher.save(saved)
-    return teacher
-
-
-def teacher_embeddings(config, teacher, train, run, chief):
-    """(N, D) unit-norm teacher embeddings of the training images, cached in the run dir
-    (``teacher_embeddings.npy``) with the teacher's fingerprint, so a resumed run with
-    another teacher recomputes them."""
-    path, fingerprint_path = run.path("teacher_embeddings.npy"), run.path("teacher_fingerprint.json")
-    fingerprint = {"name": teacher.name, "images": len(train),
-                   "weights_sum": float(sum(np.sum(np.asarray(w, np.float64)) for w in teacher.get_weights()))}
-    if os.path.exists(path) and os.path.exists(fingerprint_path):
-        with open(fingerprint_path) as f:
-            if json.load(f) == fingerprint:
-                return np.load(path)
-    size = model_lib.input_size(teacher)
-    embeddings = verification.embed(teacher, data.image_batches(train, size, config.eval_batch_size))
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    if chief:
-        np.save(path, embeddings)
-        with open(fingerprint_path, "w") as f:
-            json.dump(fingerprint, f)
-    return embeddings
-
-
-def main(config):
-    config = resolve(config)
-    strategy, policy = engine.setup(config)
-    batch = config.global_batch_size
-    if (batch // strategy.num_replicas_in_sync) % config.images_per_identity:
-        raise ValueError(f"each of the {strategy.num_replicas_in_sync} replicas must get whole identities: P x K / "
-                         f"replicas = {batch / strategy.num_replicas_in_sync:g} is not a multiple of K = "
-                         f"{config.images_per_identity}; change --identities-per-batch.")
-    train = None if config.eval_only else load_train(config)
-    if train is not None:
-        data.check_identity_batch(train, config.identities_per_batch, config.images_per_identity)
-    pairs = load_pairs(config)
-    teacher = load_teacher(config)
-    run, chief = engine.open_run(config, strategy)
-    # Folder data was decoded file by file while loading: list what was skipped.
-    check = image_check.merged([train.check if train is not None else None, pairs.split.check])
-    if chief and check is not None:
-        print(image_check.write_skipped(check, run.root), flush=True)
-    steps_per_epoch = config.steps_per_epoch or max(1, len(train) // batch if train is not None else 1)
-
-    def build_student():
-        student = model_lib.build_embedding_model(config.backbone, config.alpha, config.input_size,
-                                                  config.embedding_dim, config.dropout_rate)
-        if config.weights:
-            student.load_weights(config.weights)
-        return student
-
-    if config.eval_only:
-        with strategy.scope():
-            student = build_student()
-        history = {}
-    else:
-        teacher = teacher or train_teacher(config, train, pairs, run, strategy, steps_per_epoch)
-        targets = teacher_embeddings(config, teacher, train, run, chief) if config.distill_weight else None
-        train_ds = data.identity_batches(train, config.identities_per_batch, config.images_per_identity,
-                                         config.input_size, teacher_embeddings=targets, seed=config.seed + 1)
-        loss = losses.FaceNetLoss(config.margin, config.mining, config.triplet_weight, config.distill_weight)
-        student, history = train_embedding(
-            config, build_model=build_student, loss=loss, train_ds=train_ds, steps_per_epoch=steps_per_epoch,
-            epochs=config.epochs, learning_rate=config.learning_rate, run=run, strategy=strategy, pairs=pairs)
-    if not chief:
-        return {}
-
-    student_results = verification.verify(student, pairs, config.eval_batch_size)
-    metrics = dict(_prefixed("student", student_results, student), **engine.throughput(
-        history, steps_per_epoch, batch), backbone=config.backbone, alpha=config.alpha, input_size=config.input_size,
-        embedding_dim=config.embedding_dim, num_pairs=int(len(pairs.same)), num_folds=pairs.num_folds,
-        eval_identities=pairs.split.num_identities, precision_policy=policy, replicas=strategy.num_replicas_in_sync)
-    curves = {"student": student_results["roc"]}
-    if teacher is not None:
-        teacher_results = verification.verify(teacher, pairs, config.eval_batch_size)
-        metrics.update(_prefixed("teacher", teacher_results, teacher), teacher_name=teacher.name)
-        curves["teacher"] = teacher_results["roc"]
-    if train is not None:
-        metrics.update(train_images=len(train), train_identities=train.num_identities, skipped=train.skipped)
-    verification.plot_roc(curves, run.path("roc.png"))
-    if history:
-        engine.plot_history(history, run.path("curves.png"), metric="accuracy")
-    engine.export_model(student, run)
-    for fmt in export.parse_formats(config.tflite):
-        calibration = data.image_batches(pairs.split, config.input_size, 1, np.unique(pairs.first)[:200])
-        export.to_tflite(student, run.path(f"student_{fmt}.tflite"), export.FORMATS[fmt], calibration)
-    engine.write_metrics(run, metrics)
-    gap = f", teacher {metrics['teacher_accuracy']:.4f}" if teacher is not None else ""
-    print(f"student accuracy {metrics['student_accuracy']:.4f}{gap}  VAL@FAR=1e-3 "
-          f"{metrics['student_val_at_far_1e-3']:.4f}  ({metrics['epochs']} epochs, "
-          f"{metrics['images_per_second']:.1f} img/s)  -> {run.root}")
-    return metrics
-
-
 def _prefixed(prefix, results, model):
     """metrics.json entries of one model: accuracy, VAL@FAR, AUC, params, MAdds."""
     profile = mobilenet_tf.profile(model)
@@ -348,9 +297,7 @@ def _prefixed(prefix, results, model):
     return {f"{prefix}_{key}": value for key, value in entries.items()}
 
 
-def get_args_parser():
-    return config_lib.get_args_parser(Config)
-
+Config, resolve, main, get_args_parser, cli = recipe.script(FaceNetDistill)
 
 if __name__ == "__main__":
-    engine.recipe_main(main, Config)
+    cli()

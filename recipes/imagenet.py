@@ -12,7 +12,8 @@ Flags left at their default (None) take the schedule's paper value (see
 setting. The run directory gets config.json, checkpoints, TensorBoard logs,
 history.csv, metrics.json, curves.png, model.keras and a SavedModel; with
 ``--tflite fp32,int8`` also model_fp32.tflite / model_int8.tflite (int8:
-post-training, calibrated on training images), each evaluated on the validation
+post-training, calibrated on shuffled training images as evaluated:
+``mobilenet_tf.training.recipe``'s rule), each evaluated on the validation
 set: metrics.json's "tflite" has every file's top-1, its top-1 agreement with the
 Keras model and its bytes.
 """
@@ -25,13 +26,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import export  # noqa: E402
+from mobilenet_tf import evaluation  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
-from mobilenet_tf.data import classification, image_check  # noqa: E402
-from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
+from mobilenet_tf.data import classification  # noqa: E402
+from mobilenet_tf.training import config as config_lib, recipe, schedules  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # What the synthetic default changes so that it learns on a CPU in minutes.
@@ -85,178 +84,122 @@ class Config(config_lib.RunOptions):
     weights: Optional[str] = field(None, "'imagenet' or a .weights.h5 file to start from / evaluate")
 
 
-def resolve(config):
-    """Fill every None with the schedule's value or the dataset's default; check inputs.
+class ImageNet(recipe.Recipe):
+    """Classification: cross-entropy with label smoothing, top-1 / top-5, the schedule's optimizer."""
 
-    ``--data-dir`` without ``--dataset`` selects imagenet2012 (as in every recipe:
-    the data dir means the recipe's real TFDS dataset); ``--dataset synthetic``
-    with ``--data-dir`` is refused.
-    """
-    if config.dataset is None:
-        config = dataclasses.replace(config, dataset="imagenet2012" if config.data_dir else "synthetic")
-    elif config.dataset == "synthetic" and config.data_dir:
-        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
-                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` to read "
-                         "imagenet2012 from it (or name another TFDS dataset).")
-    mobilenet_tf.registry.get_entry(config.model)  # unknown model -> ValueError
-    if config.alpha != 1.0 and not mobilenet_tf.registry.accepts(config.model, "alpha"):
-        raise ValueError(f"`--alpha` applies to the MobileNets; {config.model!r} has its width in its name "
-                         "(e.g. shufflenet_v2_x0_5) or none.")
-    schedule = schedules.get_schedule(config.schedule)
-    preset = SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS
-    defaults = dict(
-        epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
-        ema=schedule.ema, label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay,
-        dropout=schedule.dropout, learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
-    )
-    defaults.update(preset)
-    resolved = dataclasses.replace(config, **{
-        key: value for key, value in defaults.items() if getattr(config, key) is None})
-    if config.dataset == "folder" and not (config.train_dir or config.eval_only):
-        raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
-    if resolved.eval_only and not resolved.weights:
-        raise ValueError("`--eval-only` needs --weights (a .weights.h5 file or 'imagenet').")
-    for name in ("epochs", "global_batch_size", "image_size", "steps_per_execution", "calibration_images"):
-        if getattr(resolved, name) < 1:
-            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
-    if not 0 <= resolved.ema < 1:
-        raise ValueError(f"`--ema` must be in [0, 1); got {resolved.ema}.")
-    export.parse_formats(resolved.tflite)
-    return resolved
+    Config = Config
+    real_dataset = "imagenet2012"
+    real_dataset_note = " (or name another TFDS dataset)"
+    at_least_one = ("epochs", "global_batch_size", "image_size", "steps_per_execution", "calibration_images")
+    weights_text = "a .weights.h5 file or 'imagenet'"
+    compile_for_eval = True
 
+    @classmethod
+    def preset(cls, config):
+        """The schedule's paper values, overridden by the dataset's preset."""
+        schedule = schedules.get_schedule(config.schedule)
+        defaults = dict(
+            epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
+            ema=schedule.ema, label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay,
+            dropout=schedule.dropout, learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
+        )
+        defaults.update(SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS)
+        return defaults
 
-def load_splits(config):
-    if config.dataset == "synthetic":
-        train = classification.synthetic_split(True, config.synthetic_train_examples, config.image_size,
-                                               config.synthetic_classes, config.seed)
-        val = classification.synthetic_split(False, config.synthetic_eval_examples, config.image_size,
-                                             config.synthetic_classes, config.seed)
-    elif config.dataset == "folder":
-        # Every file is decoded once first: unreadable ones are skipped (listed in
-        # skipped_files.txt by main) or, with --strict-data, stop the run here.
-        train = classification.folder_split(config.train_dir, strict=config.strict_data) \
-            if config.train_dir else None
-        names = train.class_names if train else None
-        val = classification.folder_split(config.val_dir or config.train_dir, names, strict=config.strict_data)
-    else:
-        train = None if config.eval_only else classification.tfds_split(config.dataset, "train", config.data_dir)
-        val = classification.tfds_split(config.dataset, "validation", config.data_dir)
-    return train, val
+    @classmethod
+    def validate(cls, config):
+        mobilenet_tf.registry.get_entry(config.model)  # unknown model -> ValueError
+        if config.alpha != 1.0 and not mobilenet_tf.registry.accepts(config.model, "alpha"):
+            raise ValueError(f"`--alpha` applies to the MobileNets; {config.model!r} has its width in its name "
+                             "(e.g. shufflenet_v2_x0_5) or none.")
+        if config.dataset == "folder" and not (config.train_dir or config.eval_only):
+            raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
+        if not 0 <= config.ema < 1:
+            raise ValueError(f"`--ema` must be in [0, 1); got {config.ema}.")
+        return config
 
+    synthetic_split = staticmethod(classification.synthetic_split)
 
-def main(config):
-    config = resolve(config)
-    strategy, policy = engine.setup(config)
-    train_split, val_split = load_splits(config)
-    num_classes = val_split.num_classes
-    run, chief = engine.open_run(config, strategy)
-    check = image_check.merged(split.check for split in (train_split, val_split) if split is not None)
-    if chief and check is not None:
-        print(image_check.write_skipped(check, run.root), flush=True)
+    def load_real_splits(self):
+        config = self.config
+        if config.dataset == "folder":
+            # Every file is decoded once first: unreadable ones are skipped (listed in
+            # skipped_files.txt) or, with --strict-data, stop the run here.
+            train = classification.folder_split(config.train_dir, strict=config.strict_data) \
+                if config.train_dir else None
+            names = train.class_names if train else None
+            val = classification.folder_split(config.val_dir or config.train_dir, names, strict=config.strict_data)
+        else:
+            train = None if config.eval_only else classification.tfds_split(config.dataset, "train", config.data_dir)
+            val = classification.tfds_split(config.dataset, "validation", config.data_dir)
+        return train, val
 
-    one_hot = lambda x, y: (x, tf.one_hot(y, num_classes))
-    pipeline = dict(batch_size=config.global_batch_size, image_size=config.image_size,
-                    area_range=(config.crop_area_min, 1.0), deterministic=config.deterministic, seed=config.seed)
-    val_ds = classification.make_pipeline(val_split, training=False, **pipeline).map(one_hot)
-    eval_steps = schedules.steps_for(val_split.num_examples, config.global_batch_size)
-    schedule = schedules.get_schedule(config.schedule)
-    steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
-        train_split.num_examples if train_split else 1, config.global_batch_size)
+    def pipeline(self, split, training, batch_size=None):
+        """``split`` as (images, one-hot labels) batches (global batch by default)."""
+        config, num_classes = self.config, self.val_split.num_classes
+        return classification.make_pipeline(
+            split, training=training, batch_size=batch_size or config.global_batch_size,
+            image_size=config.image_size, area_range=(config.crop_area_min, 1.0), deterministic=config.deterministic,
+            seed=config.seed).map(lambda x, y: (x, tf.one_hot(y, num_classes)))
 
-    def smoothed_crossentropy(y_true, y_pred):
-        return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=config.label_smoothing)
+    def prepare(self):
+        self.eval_ds = self.pipeline(self.val_split, training=False)
+        self.eval_steps = schedules.steps_for(self.val_split.num_examples, self.config.global_batch_size)
+        self.ema = self.config.ema > 0
 
-    def build():
+    def build(self):
+        config = self.config
+        schedule = schedules.get_schedule(config.schedule)
         model = mobilenet_tf.build(
-            config.model, input_shape=(config.image_size, config.image_size, 3), classes=num_classes,
+            config.model, input_shape=(config.image_size, config.image_size, 3), classes=self.val_split.num_classes,
             include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights,
             **mobilenet_tf.registry.options_for(config.model, alpha=config.alpha),
         )
         schedules.add_weight_decay(model, config.weight_decay)
         schedules.configure_batchnorm(model, momentum=config.bn_momentum)
         peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
-        optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=steps_per_epoch,
+        optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=self.steps_per_epoch,
                                              warmup_epochs=config.warmup_epochs, ema=config.ema)
         metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
                    keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
+
+        def smoothed_crossentropy(y_true, y_pred):
+            return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=config.label_smoothing)
+
         return model, optimizer, smoothed_crossentropy, metrics
 
-    verbose = config_lib.keras_verbose(config.verbose)
-    if config.eval_only:
-        with strategy.scope():
-            model, _, loss, metrics = build()
-            model.compile(loss=loss, metrics=metrics)
-        history = {}
-    else:
-        train_ds = classification.make_pipeline(train_split, training=True, **pipeline).map(one_hot)
-        model, history = engine.run_training(
-            build=build, train_ds=train_ds, eval_ds=val_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            eval_steps=eval_steps, run=run, strategy=strategy, global_batch_size=config.global_batch_size,
-            ema=config.ema > 0, jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution,
-            sync_batchnorm=config.sync_batchnorm, verbose=verbose,
-        )
-    if not chief:
-        return {}
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        top1, top5 = history["val_top1"][-1], history["val_top5"][-1]
-    else:
-        results = model.evaluate(val_ds, steps=eval_steps, verbose=0, return_dict=True)
-        top1, top5 = results["top1"], results["top5"]
-    profile = mobilenet_tf.profile(model)
-    metrics = dict(
-        top1=top1, top5=top5, **engine.throughput(history, steps_per_epoch, config.global_batch_size),
-        model=config.model, alpha=config.alpha, dataset=config.dataset, image_size=config.image_size,
-        num_classes=num_classes, params=profile.params, madds=profile.madds, precision_policy=policy,
-        replicas=strategy.num_replicas_in_sync,
-    )
-    if history:
-        engine.plot_history(history, run.path("curves.png"))
-    engine.export_model(model, run)
-    formats = export.parse_formats(config.tflite)
-    if formats:
-        # Calibrate on shuffled training images as evaluated (center crop; a folder split
-        # lists its images class by class); --eval-only on TFDS has no training split and
-        # calibrates on validation images.
-        source = train_split or val_split
-        shuffled = dataclasses.replace(source, dataset=source.dataset.shuffle(10 * config.calibration_images,
-                                                                              seed=config.seed))
-        calibration = classification.make_pipeline(shuffled, training=False, batch_size=1,
-                                                   image_size=config.image_size)
-        calibration = calibration.map(lambda image, label: image)
-        paths = {fmt: export.to_tflite(model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration,
-                                       calibration_steps=config.calibration_images) for fmt in formats}
-        metrics["tflite"] = evaluate_tflite(paths, model, val_ds, eval_steps)
+    def train_dataset(self):
+        return self.pipeline(self.train_split, training=True)
+
+    def final_metrics(self, model, history):
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            top1, top5 = history["val_top1"][-1], history["val_top5"][-1]
+        else:
+            results = model.evaluate(self.eval_ds, steps=self.eval_steps, verbose=0, return_dict=True)
+            top1, top5 = results["top1"], results["top5"]
+        config = self.config
+        return dict(top1=top1, top5=top5, model=config.model, alpha=config.alpha, dataset=config.dataset,
+                    image_size=config.image_size, num_classes=self.val_split.num_classes)
+
+    def calibration_images(self, split, count):
+        # Center crops (a folder split lists its images class by class: shuffled first).
+        shuffled = recipe.shuffled_split(split, count, self.config.seed)
+        return classification.make_pipeline(shuffled, training=False, batch_size=1,
+                                            image_size=self.config.image_size).map(lambda image, label: image)
+
+    def evaluate_tflite(self, paths, model, metrics):
+        metrics["tflite"] = evaluation.evaluate_tflite(paths, model, self.eval_ds, self.eval_steps)
         for fmt, result in metrics["tflite"].items():
             print(f"{fmt} TFLite: top-1 {result['top1']:.4f}, agrees with Keras on {result['agreement']:.4f}, "
                   f"{result['bytes']} bytes")
-    engine.write_metrics(run, metrics)
-    print(f"top-1 {top1:.4f}  top-5 {top5:.4f}  ({metrics['epochs']} epochs, {metrics['images_per_second']:.0f} img/s)"
-          f"  -> {run.root}")
-    return metrics
+
+    def summary(self, metrics):
+        return (f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  ({metrics['epochs']} epochs, "
+                f"{metrics['images_per_second']:.0f} img/s)")
 
 
-def evaluate_tflite(paths, model, val_ds, steps, batch_size=64):
-    """.tflite classifiers ({format: path}) on ``steps`` batches of ``val_ds`` (images,
-    one-hot labels), one pass with the Keras model run once per image, fed
-    ``batch_size`` images at a time (an interpreter allocates for the whole batch):
-    {format: {"top1", "agreement" (share of images where its top-1 is the Keras
-    model's), "bytes"}}."""
-    files = {fmt: export.TFLiteModel(path) for fmt, path in paths.items()}
-    hits, agreements, seen = dict.fromkeys(paths, 0), dict.fromkeys(paths, 0), 0
-    for images, one_hot in val_ds.take(steps).unbatch().batch(batch_size):
-        labels, reference = np.argmax(one_hot, -1), np.argmax(model(images, training=False), -1)
-        for fmt, tflite in files.items():
-            predicted = np.argmax(tflite(images), -1)
-            hits[fmt] += int(np.sum(predicted == labels))
-            agreements[fmt] += int(np.sum(predicted == reference))
-        seen += len(labels)
-    return {fmt: dict(top1=hits[fmt] / seen, agreement=agreements[fmt] / seen, bytes=os.path.getsize(path))
-            for fmt, path in paths.items()}
-
-
-def get_args_parser():
-    return config_lib.get_args_parser(Config)
-
+Config, resolve, main, get_args_parser, cli = recipe.script(ImageNet)
+evaluate_tflite = evaluation.evaluate_tflite  # where it lived before mobilenet_tf.evaluation
 
 if __name__ == "__main__":
-    engine.recipe_main(main, Config)
+    cli()

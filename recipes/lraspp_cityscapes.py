@@ -14,7 +14,8 @@ Flags left at None take the dataset's default: Cityscapes gets DeepLab's recipe
 directory gets config.json, checkpoints, TensorBoard logs, history.csv,
 metrics.json (mIoU, pixel accuracy, per-class IoU), curves.png,
 predictions.png, model.keras + saved_model/ at the evaluation size, and
-optionally TFLite files.
+optionally TFLite files (int8 calibrated on training images at the evaluation size:
+``mobilenet_tf.training.recipe``'s rule).
 """
 
 import dataclasses
@@ -26,12 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
-from mobilenet_tf.data import image_check  # noqa: E402
 from mobilenet_tf.heads import lraspp  # noqa: E402
-from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics, visualize  # noqa: E402
-from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
+from mobilenet_tf.heads.lraspp import data, evaluation, metrics as seg_metrics, visualize  # noqa: E402
+from mobilenet_tf.training import config as config_lib, recipe, schedules  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # The Cityscapes defaults. DeepLab publishes its MobileNetV3 model flags
@@ -107,180 +106,128 @@ class Config(config_lib.RunOptions):
                                                   "--no-reduced-tail for imagenet; the paper trains from scratch)")
 
 
+class LRASPPCityscapes(recipe.Recipe):
+    """Segmentation: ignore-label cross-entropy, poly-decay SGD, full-size mIoU every --eval-every epochs."""
 
+    Config = Config
+    real_dataset = "cityscapes"
+    at_least_one = ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer")
+    monitor, plot_metric = "val_miou", "miou"
 
-def resolve(config):
-    """Fill every None with the dataset's default; check inputs early.
+    @classmethod
+    def validate(cls, config):
+        mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
+        if config.dataset == "folder":
+            if not config.num_classes:
+                raise ValueError("`--dataset folder` needs --num-classes (label values are 0..num_classes-1, "
+                                 "255 = ignore).")
+            if not (config.images_dir or config.eval_only) or not (config.val_images_dir or config.images_dir):
+                raise ValueError("`--dataset folder` needs --images-dir and --labels-dir (and optionally "
+                                 "--val-images-dir / --val-labels-dir).")
+        if config.eval_height is None or config.eval_width is None:
+            raise ValueError("`--dataset folder` needs --eval-height and --eval-width (multiples of the output "
+                             "stride): the evaluation size, to which images are resized and labels resized by "
+                             "nearest neighbour.")
+        return config
 
-    ``--data-dir`` without ``--dataset`` selects cityscapes (as in every recipe: the
-    data dir means the recipe's real TFDS dataset); ``--dataset synthetic`` with
-    ``--data-dir`` is refused.
-    """
-    if config.dataset is None:
-        config = dataclasses.replace(config, dataset="cityscapes" if config.data_dir else "synthetic")
-    elif config.dataset == "synthetic" and config.data_dir:
-        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
-                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` to read "
-                         "cityscapes from it.")
-    preset = {"synthetic": SYNTHETIC_DEFAULTS, "cityscapes": CITYSCAPES_DEFAULTS}.get(config.dataset, FOLDER_DEFAULTS)
-    resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
-                                              if getattr(config, key) is None})
-    mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError
-    if config.dataset == "folder":
-        if not resolved.num_classes:
-            raise ValueError("`--dataset folder` needs --num-classes (label values are 0..num_classes-1, 255 = ignore).")
-        if not (resolved.images_dir or resolved.eval_only) or not (resolved.val_images_dir or resolved.images_dir):
-            raise ValueError("`--dataset folder` needs --images-dir and --labels-dir (and optionally "
-                             "--val-images-dir / --val-labels-dir).")
-    if resolved.eval_height is None or resolved.eval_width is None:
-        raise ValueError("`--dataset folder` needs --eval-height and --eval-width (multiples of the output stride): "
-                         "the evaluation size, to which images are resized and labels resized by nearest neighbour.")
-    if resolved.eval_only and not resolved.weights:
-        raise ValueError("`--eval-only` needs --weights (a .weights.h5 of the whole model).")
-    for name in ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer"):
-        if getattr(resolved, name) < 1:
-            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
-    for name in ("crop_size", "eval_height", "eval_width"):
-        value = getattr(resolved, name)
-        if value % resolved.output_stride or value < 2 * resolved.output_stride:
-            raise ValueError(f"`--{name.replace('_', '-')}` {value} must be a multiple of --output-stride "
-                             f"{resolved.output_stride} (>= {2 * resolved.output_stride}); e.g. "
-                             f"{max(2, round(value / resolved.output_stride)) * resolved.output_stride}.")
-    if not 0 < resolved.scale_min <= resolved.scale_max:
-        raise ValueError(f"need 0 < --scale-min <= --scale-max; got {resolved.scale_min}, {resolved.scale_max}.")
-    export.parse_formats(resolved.tflite)
-    return resolved
+    @classmethod
+    def resolve(cls, config):
+        config = super().resolve(config)
+        for name in ("crop_size", "eval_height", "eval_width"):
+            value = getattr(config, name)
+            if value % config.output_stride or value < 2 * config.output_stride:
+                raise ValueError(f"`--{name.replace('_', '-')}` {value} must be a multiple of --output-stride "
+                                 f"{config.output_stride} (>= {2 * config.output_stride}); e.g. "
+                                 f"{max(2, round(value / config.output_stride)) * config.output_stride}.")
+        if not 0 < config.scale_min <= config.scale_max:
+            raise ValueError(f"need 0 < --scale-min <= --scale-max; got {config.scale_min}, {config.scale_max}.")
+        return config
 
+    synthetic_split = staticmethod(data.synthetic_split)
 
-def load_splits(config):
-    if config.dataset == "synthetic":
-        size = max(config.crop_size, config.eval_height, config.eval_width)
-        train = data.synthetic_split(True, config.synthetic_train_examples, size, config.synthetic_classes, config.seed)
-        val = data.synthetic_split(False, config.synthetic_eval_examples, size, config.synthetic_classes, config.seed)
-    elif config.dataset == "cityscapes":
-        train = None if config.eval_only else data.cityscapes_split("train", config.data_dir)
-        val = data.cityscapes_split("validation", config.data_dir)
-    else:
-        # Every image and label is decoded once first: unreadable or unpaired files are
-        # skipped (listed in skipped_files.txt by main) or, with --strict-data, stop here.
-        train = None if config.eval_only else data.folder_split(config.images_dir, config.labels_dir,
-                                                                config.num_classes, strict=config.strict_data)
-        val = data.folder_split(config.val_images_dir or config.images_dir,
-                                config.val_labels_dir or config.labels_dir, config.num_classes,
-                                strict=config.strict_data)
-    return train, val
+    def synthetic_size(self):
+        return max(self.config.crop_size, self.config.eval_height, self.config.eval_width)
 
+    def load_real_splits(self):
+        config = self.config
+        if config.dataset == "cityscapes":
+            train = None if config.eval_only else data.cityscapes_split("train", config.data_dir)
+            val = data.cityscapes_split("validation", config.data_dir)
+        else:
+            # Every image and label is decoded once first: unreadable or unpaired files are
+            # skipped (listed in skipped_files.txt) or, with --strict-data, stop here.
+            train = None if config.eval_only else data.folder_split(config.images_dir, config.labels_dir,
+                                                                    config.num_classes, strict=config.strict_data)
+            val = data.folder_split(config.val_images_dir or config.images_dir,
+                                    config.val_labels_dir or config.labels_dir, config.num_classes,
+                                    strict=config.strict_data)
+        return train, val
 
-def build_model(config, num_classes, height, width, backbone_weights=None):
-    return lraspp.build_lraspp(
-        config.backbone, num_classes=num_classes, input_shape=(height, width, 3), alpha=config.alpha,
-        output_stride=config.output_stride, reduced_tail=config.reduced_tail, filters=config.filters,
-        pooling=config.pooling, pool_crop_size=(config.crop_size, config.crop_size), weights=backbone_weights)
+    def build_model(self, height, width, backbone_weights=None):
+        config = self.config
+        return lraspp.build_lraspp(
+            config.backbone, num_classes=self.val_split.num_classes, input_shape=(height, width, 3),
+            alpha=config.alpha, output_stride=config.output_stride, reduced_tail=config.reduced_tail,
+            filters=config.filters, pooling=config.pooling, pool_crop_size=(config.crop_size, config.crop_size),
+            weights=backbone_weights)
 
+    def eval_pipeline(self, split, batch_size):
+        return data.make_pipeline(split, training=False, batch_size=batch_size,
+                                  eval_size=(self.config.eval_height, self.config.eval_width))
 
-class Evaluator:
-    """Full-size evaluation of the training model: its weights are copied into a
-    model built at the evaluation size (the paper's pooling kernel is fixed by the
-    training crop; the evaluation image is larger), then a streaming confusion
-    matrix gives mIoU over every labelled pixel. ``last_matrix`` keeps the latest
-    result: training always evaluates its last epoch, and nothing changes the
-    weights after it, so the final metrics reuse it instead of a second pass."""
+    def prepare(self):
+        self.eval_ds = None  # no Keras validation: the evaluator runs the full-size model
+        self.val_ds = self.eval_pipeline(self.val_split, self.config.eval_batch_size)
+        self.evaluator = evaluation.Evaluator(self.build_model(self.config.eval_height, self.config.eval_width),
+                                              self.val_split.num_classes, self.val_ds)
 
-    def __init__(self, config, num_classes, val_ds):
-        self.model = build_model(config, num_classes, config.eval_height, config.eval_width)
-        self.confusion = seg_metrics.ConfusionMatrix(self.model, num_classes)
-        self.val_ds = val_ds
-        self.last_matrix = None
-
-    def matrix(self, trained):
-        self.model.set_weights(trained.get_weights())
-        self.last_matrix = self.confusion(self.val_ds)
-        return self.last_matrix
-
-    def __call__(self, trained):
-        results = seg_metrics.scores(self.matrix(trained))
-        return {"miou": results["miou"], "pixel_accuracy": results["pixel_accuracy"]}
-
-
-def main(config):
-    config = resolve(config)
-    strategy, policy = engine.setup(config)
-    train_split, val_split = load_splits(config)
-    num_classes = val_split.num_classes
-    run, chief = engine.open_run(config, strategy)
-    check = image_check.merged(split.check for split in (train_split, val_split) if split is not None)
-    if chief and check is not None:
-        print(image_check.write_skipped(check, run.root), flush=True)
-
-    val_ds = data.make_pipeline(val_split, training=False, batch_size=config.eval_batch_size,
-                                eval_size=(config.eval_height, config.eval_width))
-    evaluator = Evaluator(config, num_classes, val_ds)
-    steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
-        train_split.num_examples if train_split else 1, config.global_batch_size)
-
-    def build():
-        model = build_model(config, num_classes, config.crop_size, config.crop_size, config.backbone_weights)
+    def build(self):
+        config = self.config
+        model = self.build_model(config.crop_size, config.crop_size, config.backbone_weights)
         if config.weights:
             model.load_weights(config.weights)
         schedules.add_weight_decay(model, config.weight_decay)
         schedules.configure_batchnorm(model, momentum=config.bn_momentum)
         lr = keras.optimizers.schedules.PolynomialDecay(
-            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, end_learning_rate=0.0,
+            config.learning_rate, decay_steps=config.epochs * self.steps_per_epoch, end_learning_rate=0.0,
             power=config.poly_power)
         optimizer = keras.optimizers.SGD(lr, momentum=config.momentum)
+        num_classes = self.val_split.num_classes
         return model, optimizer, seg_metrics.ignore_label_crossentropy, [seg_metrics.mean_iou_metric(num_classes)]
 
-    if config.eval_only:
-        with strategy.scope():
-            model = build()[0]
-        history = {}
-    else:
-        train_ds = data.make_pipeline(
-            train_split, training=True, batch_size=config.global_batch_size, crop_size=(config.crop_size,) * 2,
+    def train_dataset(self):
+        config = self.config
+        return data.make_pipeline(
+            self.train_split, training=True, batch_size=config.global_batch_size, crop_size=(config.crop_size,) * 2,
             scale_range=(config.scale_min, config.scale_max), shuffle_buffer=config.shuffle_buffer,
             deterministic=config.deterministic, seed=config.seed)
-        model, history = engine.run_training(
-            build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluator, evaluate_every=config.eval_every,
-            monitor="val_miou",
-            epochs=config.epochs, steps_per_epoch=steps_per_epoch, eval_steps=None, run=run, strategy=strategy,
-            global_batch_size=config.global_batch_size, jit_compile=config.jit_compile,
-            sync_batchnorm=config.sync_batchnorm, verbose=config_lib.keras_verbose(config.verbose),
-        )
-    if not chief:
-        return {}
-    # None only when this process ran no epoch (--eval-only, or a resumed finished run).
-    matrix = evaluator.last_matrix if evaluator.last_matrix is not None else evaluator.matrix(model)
-    results = seg_metrics.scores(matrix, val_split.class_names)
-    profile = mobilenet_tf.profile(evaluator.model)
-    metrics = dict(
-        results, **engine.throughput(history, steps_per_epoch, config.global_batch_size),
-        backbone=config.backbone, alpha=config.alpha, output_stride=config.output_stride, dataset=config.dataset,
-        crop_size=config.crop_size, eval_size=[config.eval_height, config.eval_width], num_classes=num_classes,
-        params=profile.params, madds=profile.madds, precision_policy=policy, replicas=strategy.num_replicas_in_sync,
-    )
-    if history:
-        engine.plot_history(history, run.path("curves.png"), metric="miou")
-    save_predictions(evaluator.model, val_ds, run.path("predictions.png"), num_classes, config.dataset)
-    engine.export_model(evaluator.model, run)
-    for fmt in export.parse_formats(config.tflite):
-        calibration = val_ds.map(lambda images, labels: images).unbatch().batch(1)
-        export.to_tflite(evaluator.model, run.path(f"model_{fmt}.tflite"), export.FORMATS[fmt], calibration)
-    engine.write_metrics(run, metrics)
-    print(f"mIoU {results['miou']:.4f}  pixel accuracy {results['pixel_accuracy']:.4f}  ({metrics['epochs']} epochs, "
-          f"{metrics['images_per_second']:.1f} img/s)  -> {run.root}")
-    return metrics
+
+    def final_metrics(self, model, history):
+        config = self.config
+        self.results = seg_metrics.scores(self.evaluator.final_matrix(model), self.val_split.class_names)
+        return dict(self.results, backbone=config.backbone, alpha=config.alpha, output_stride=config.output_stride,
+                    dataset=config.dataset, crop_size=config.crop_size, eval_size=[config.eval_height, config.eval_width],
+                    num_classes=self.val_split.num_classes)
+
+    def deployed_model(self, model):
+        return self.evaluator.model  # at the evaluation size, holding the trained weights
+
+    def write_outputs(self, model, metrics):
+        images, labels = next(iter(self.val_ds))
+        predictions = np.argmax(self.evaluator.model(images, training=False), axis=-1)
+        palette = data.CITYSCAPES_PALETTE if self.config.dataset == "cityscapes" else None
+        visualize.save_grid(np.asarray(images), np.asarray(labels), predictions, self.run.path("predictions.png"),
+                            self.val_split.num_classes, palette)
+
+    def calibration_images(self, split, count):
+        shuffled = recipe.shuffled_split(split, count, self.config.seed, buffer=self.config.shuffle_buffer)
+        return self.eval_pipeline(shuffled, 1).map(lambda images, labels: images)
+
+    def summary(self, metrics):
+        return f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}  " + super().summary(metrics)
 
 
-def save_predictions(model, val_ds, path, num_classes, dataset):
-    images, labels = next(iter(val_ds))
-    predictions = np.argmax(model(images, training=False), axis=-1)
-    palette = data.CITYSCAPES_PALETTE if dataset == "cityscapes" else None
-    visualize.save_grid(np.asarray(images), np.asarray(labels), predictions, path, num_classes, palette)
-
-
-def get_args_parser():
-    return config_lib.get_args_parser(Config)
-
+Config, resolve, main, get_args_parser, cli = recipe.script(LRASPPCityscapes)
 
 if __name__ == "__main__":
-    engine.recipe_main(main, Config)
+    cli()

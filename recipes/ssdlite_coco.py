@@ -33,11 +33,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import export  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.heads import ssdlite  # noqa: E402
-from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, losses, postprocess, visualize  # noqa: E402
-from mobilenet_tf.training import config as config_lib, engine, schedules  # noqa: E402
+from mobilenet_tf.heads.ssdlite import data, deploy, evaluation, losses, visualize  # noqa: E402
+from mobilenet_tf.training import config as config_lib, recipe  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 COCO_TRAIN_IMAGES = 118_287
@@ -50,7 +49,7 @@ COCO_DEFAULTS = dict(backbone="v3_large", input_size=320, epochs=round(400_000 *
 SYNTHETIC_DEFAULTS = dict(backbone="v3_small", input_size=160, epochs=6, global_batch_size=32, learning_rate=2.0,
                           warmup_learning_rate=0.2, warmup_epochs=0.5, bn_momentum=0.9, eval_every=1,
                           shuffle_buffer=1000)
-TFLITE_FORMATS = ("fp32", "int8")
+TFLITE_FORMATS = deploy.QUANTIZATIONS
 
 
 @dataclasses.dataclass
@@ -99,89 +98,109 @@ class Config(config_lib.RunOptions):
                                                   "--no-reduced-tail for V3)")
 
 
-def resolve(config):
-    """Fill every None with the dataset's default; check inputs early."""
-    if config.dataset is None:
-        config = dataclasses.replace(config, dataset="coco/2017" if config.data_dir else "synthetic")
-    elif config.dataset == "synthetic" and config.data_dir:
-        raise ValueError(f"`--data-dir` {config.data_dir!r} selects a real TFDS dataset but `--dataset synthetic` "
-                         "was given: drop --data-dir to train on synthetic data, or drop `--dataset synthetic` "
-                         "to read coco/2017 from it (or name coco/2014).")
-    preset = SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else COCO_DEFAULTS
-    resolved = dataclasses.replace(config, **{key: value for key, value in preset.items()
-                                              if getattr(config, key) is None})
-    mobilenet_tf.registry.get_entry(resolved.backbone)  # unknown name -> ValueError
-    if resolved.eval_only and not resolved.weights:
-        raise ValueError("`--eval-only` needs --weights (a .weights.h5 of the whole model).")
-    for name in ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer"):
-        if getattr(resolved, name) < 1:
-            raise ValueError(f"`--{name.replace('_', '-')}` must be >= 1; got {getattr(resolved, name)}.")
-    if resolved.dataset == "synthetic" and not 2 <= resolved.synthetic_classes <= 255:
-        raise ValueError(f"`--synthetic-classes` must be in [2, 255]; got {resolved.synthetic_classes}.")
-    if resolved.weights and not os.path.isfile(resolved.weights):
-        raise ValueError(f"`--weights` {resolved.weights!r} is not a file.")
-    export.parse_formats(resolved.tflite, TFLITE_FORMATS)
-    return resolved
+class SSDLiteCOCO(recipe.Recipe):
+    """Detection: focal (or hard-negative) loss, cosine SGD, COCO mAP every --eval-every epochs."""
 
+    Config = Config
+    real_dataset = "coco/2017"
+    real_dataset_note = " (or name coco/2014)"
+    at_least_one = ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer")
+    monitor, plot_metric = "val_map", "map"
+    tflite_formats, tflite_name = TFLITE_FORMATS, "detector"
 
-def load_splits(config):
-    if config.dataset == "synthetic":
-        train = data.synthetic_split(True, config.synthetic_train_examples, config.input_size,
-                                     config.synthetic_classes, config.seed)
-        val = data.synthetic_split(False, config.synthetic_eval_examples, config.input_size,
-                                   config.synthetic_classes, config.seed)
-    else:
+    @classmethod
+    def validate(cls, config):
+        mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
+        if config.dataset == "synthetic" and not 2 <= config.synthetic_classes <= 255:
+            raise ValueError(f"`--synthetic-classes` must be in [2, 255]; got {config.synthetic_classes}.")
+        if config.weights and not os.path.isfile(config.weights):
+            raise ValueError(f"`--weights` {config.weights!r} is not a file.")
+        return config
+
+    synthetic_split = staticmethod(data.synthetic_split)
+
+    def synthetic_size(self):
+        return self.config.input_size
+
+    def load_splits(self):
+        train, val = super().load_splits()
+        config = self.config
+        if config.eval_examples:
+            val = dataclasses.replace(val, dataset=val.dataset.take(config.eval_examples),
+                                      num_examples=min(val.num_examples, config.eval_examples))
+        return train, val
+
+    def load_real_splits(self):
+        config = self.config
         train = None if config.eval_only else data.coco_split("train", config.data_dir, name=config.dataset)
-        val = data.coco_split("validation", config.data_dir, name=config.dataset)
-    if config.eval_examples:
-        val = dataclasses.replace(val, dataset=val.dataset.take(config.eval_examples),
-                                  num_examples=min(val.num_examples, config.eval_examples))
-    return train, val
+        return train, data.coco_split("validation", config.data_dir, name=config.dataset)
 
+    def build_model(self, backbone_weights=None):
+        config = self.config
+        return ssdlite.build_ssdlite(config.backbone, num_classes=self.val_split.num_classes,
+                                     input_size=config.input_size, alpha=config.alpha,
+                                     reduced_tail=config.reduced_tail, backbone_weights=backbone_weights,
+                                     weight_decay=config.weight_decay, bn_momentum=config.bn_momentum)
 
-class COCOEvaluator:
-    """COCO mAP of a model on the validation split: decode + NMS (score >= 1e-8,
-    100 per image), detections in COCO json, ``pycocotools`` COCOeval. The ground
-    truth is gathered once; ``last`` keeps the latest results and detections."""
+    def eval_pipeline(self, split, batch_size):
+        return data.make_eval_pipeline(split, input_size=self.config.input_size, batch_size=batch_size)
 
-    def __init__(self, split, eval_ds, activation):
-        self.split, self.eval_ds, self.activation = split, eval_ds, activation
-        images, self.dropped_boxes = data.ground_truth_images(eval_ds)
-        self.ground_truth = coco_eval.ground_truth(images, split.class_names, split.category_ids)
-        self.last = None
-        self._detector = None
+    def prepare(self):
+        self.activation = "sigmoid" if self.config.loss == "focal" else "softmax"
+        with self.strategy.scope():
+            self.anchors = ssdlite.anchors_for(self.build_model())
+        self.val_ds = self.eval_pipeline(self.val_split, self.config.eval_batch_size)
+        self.evaluator = evaluation.COCOEvaluator(self.val_split, self.val_ds, self.activation)
 
-    def detector(self, model):
-        """The ``Detector`` (decode + NMS, traced once) for ``model``."""
-        if self._detector is None or self._detector.model is not model:
-            self._detector = postprocess.build_inference_model(model, activation=self.activation)
-        return self._detector
+    def build(self):
+        config = self.config
+        model = self.build_model(config.backbone_weights)
+        if config.weights:
+            model.load_weights(config.weights)
+        optimizer = keras.optimizers.SGD(learning_rate_schedule(config, self.steps_per_epoch),
+                                         momentum=config.momentum)
+        loss = {"boxes": losses.BoxLoss(), "classes": losses.ClassLoss(config.loss)}
+        return model, optimizer, loss, []
 
-    def detect(self, model):
-        """COCO results list for every validation image."""
-        detector = self.detector(model)
-        results = []
-        for images, info in self.eval_ds.as_numpy_iterator():
-            out = {key: value.numpy() for key, value in detector(images).items()}
-            for i in range(len(out["num_detections"])):
-                results += coco_eval.detections(
-                    info["image_id"][i], info["height"][i], info["width"][i], out["boxes"][i], out["scores"][i],
-                    out["classes"][i], out["num_detections"][i], self.split.category_ids)
-        return results
+    def train_dataset(self):
+        config = self.config
+        return data.make_train_pipeline(
+            self.train_split, self.anchors, input_size=config.input_size, batch_size=config.global_batch_size,
+            zoom_out=config.zoom_out, jitter=config.colour_jitter, shuffle_buffer=config.shuffle_buffer,
+            deterministic=config.deterministic, seed=config.seed)
 
-    def __call__(self, model):
-        results = self.detect(model)
-        self.last = (coco_eval.evaluate(self.ground_truth, results), results)
-        # None (no ground truth at all) becomes NaN: never "best", a gap in the curves.
-        return {key: float("nan") if self.last[0][key] is None else self.last[0][key]
-                for key in ("map", "map50", "map75")}
+    def final_metrics(self, model, history):
+        config = self.config
+        self.results, self.detections = self.evaluator.final(model)
+        return dict(self.results, backbone=config.backbone, alpha=config.alpha, dataset=config.dataset,
+                    input_size=config.input_size, num_classes=self.val_split.num_classes, loss=config.loss,
+                    eval_images=self.val_split.num_examples, detections=len(self.detections),
+                    dropped_eval_boxes=self.evaluator.dropped_boxes)
 
+    def write_outputs(self, model, metrics):
+        run = self.run
+        with open(run.path("detections.json"), "w") as f:
+            json.dump(self.detections, f)
+        with open(run.path("ground_truth.json"), "w") as f:
+            json.dump(self.evaluator.ground_truth, f)
+        images, info = next(iter(self.val_ds))
+        out = {key: value.numpy() for key, value in self.evaluator.detector(model)(images).items()}
+        visualize.save_grid(np.asarray(images), {key: np.asarray(info[key]) for key in ("boxes", "classes", "valid")},
+                            out, self.val_split.class_names, run.path("detections.png"), self.config.display_threshold)
+        deploy.save_detector(model, run.path("detector"), activation=self.activation)
 
-def build_model(config, num_classes, backbone_weights=None):
-    return ssdlite.build_ssdlite(config.backbone, num_classes=num_classes, input_size=config.input_size,
-                                 alpha=config.alpha, reduced_tail=config.reduced_tail,
-                                 backbone_weights=backbone_weights, weight_decay=config.weight_decay,
-                                 bn_momentum=config.bn_momentum)
+    def calibration_images(self, split, count):
+        shuffled = recipe.shuffled_split(split, count, self.config.seed, buffer=self.config.shuffle_buffer)
+        return self.eval_pipeline(shuffled, 1).map(lambda images, info: images)
+
+    def to_tflite(self, model, fmt, path, calibration, count):
+        return deploy.to_tflite_detector(model, path, quantization=fmt, representative_images=calibration,
+                                         activation=self.activation, calibration_steps=count)
+
+    def summary(self, metrics):
+        shown = {key: "n/a" if self.results[key] is None else f"{self.results[key]:.4f}"
+                 for key in ("map", "map50", "map75")}
+        return f"COCO AP {shown['map']}  AP50 {shown['map50']}  AP75 {shown['map75']}  " + super().summary(metrics)
 
 
 def learning_rate_schedule(config, steps_per_epoch):
@@ -194,84 +213,8 @@ def learning_rate_schedule(config, steps_per_epoch):
         warmup_target=config.learning_rate * scale, warmup_steps=warmup)
 
 
-def main(config):
-    config = resolve(config)
-    strategy, policy = engine.setup(config)
-    train_split, val_split = load_splits(config)
-    num_classes = val_split.num_classes
-    activation = "sigmoid" if config.loss == "focal" else "softmax"
-    with strategy.scope():
-        anchors = ssdlite.anchors_for(build_model(config, num_classes))
-    val_ds = data.make_eval_pipeline(val_split, input_size=config.input_size, batch_size=config.eval_batch_size)
-    evaluator = COCOEvaluator(val_split, val_ds, activation)
-    run, chief = engine.open_run(config, strategy)
-    steps_per_epoch = config.steps_per_epoch or schedules.steps_for(
-        train_split.num_examples if train_split else 1, config.global_batch_size)
-
-    def build():
-        model = build_model(config, num_classes, config.backbone_weights)
-        if config.weights:
-            model.load_weights(config.weights)
-        optimizer = keras.optimizers.SGD(learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum)
-        loss = {"boxes": losses.BoxLoss(), "classes": losses.ClassLoss(config.loss)}
-        return model, optimizer, loss, []
-
-    if config.eval_only:
-        with strategy.scope():
-            model = build()[0]
-        history = {}
-    else:
-        train_ds = data.make_train_pipeline(
-            train_split, anchors, input_size=config.input_size, batch_size=config.global_batch_size,
-            zoom_out=config.zoom_out, jitter=config.colour_jitter, shuffle_buffer=config.shuffle_buffer,
-            deterministic=config.deterministic, seed=config.seed)
-        model, history = engine.run_training(
-            build=build, train_ds=train_ds, eval_ds=None, evaluate=evaluator, evaluate_every=config.eval_every,
-            monitor="val_map", epochs=config.epochs, steps_per_epoch=steps_per_epoch, eval_steps=None, run=run,
-            strategy=strategy, global_batch_size=config.global_batch_size, jit_compile=config.jit_compile,
-            sync_batchnorm=config.sync_batchnorm, verbose=config_lib.keras_verbose(config.verbose))
-    if not chief:
-        return {}
-    if evaluator.last is None:  # --eval-only, or a resumed finished run
-        evaluator(model)
-    results, detections = evaluator.last
-    profile = mobilenet_tf.profile(model)
-    metrics = dict(
-        results, **engine.throughput(history, steps_per_epoch, config.global_batch_size),
-        backbone=config.backbone, alpha=config.alpha, dataset=config.dataset, input_size=config.input_size,
-        num_classes=num_classes, loss=config.loss, eval_images=val_split.num_examples, detections=len(detections),
-        dropped_eval_boxes=evaluator.dropped_boxes, params=profile.params, madds=profile.madds,
-        precision_policy=policy, replicas=strategy.num_replicas_in_sync)
-    with open(run.path("detections.json"), "w") as f:
-        json.dump(detections, f)
-    with open(run.path("ground_truth.json"), "w") as f:
-        json.dump(evaluator.ground_truth, f)
-    if history:
-        engine.plot_history(history, run.path("curves.png"), metric="map")
-    save_detections(evaluator.detector(model), val_ds, val_split.class_names, run.path("detections.png"), config.display_threshold)
-    engine.export_model(model, run)
-    deploy.save_detector(model, run.path("detector"), activation=activation)
-    for fmt in export.parse_formats(config.tflite, TFLITE_FORMATS):
-        calibration = val_ds.map(lambda images, info: images).unbatch().batch(1).take(100)
-        deploy.to_tflite_detector(model, run.path(f"detector_{fmt}.tflite"), quantization=fmt,
-                                  representative_images=calibration, activation=activation)
-    engine.write_metrics(run, metrics)
-    shown = {key: "n/a" if results[key] is None else f"{results[key]:.4f}" for key in ("map", "map50", "map75")}
-    print(f"COCO AP {shown['map']}  AP50 {shown['map50']}  AP75 {shown['map75']}  "
-          f"({metrics['epochs']} epochs, {metrics['images_per_second']:.1f} img/s)  -> {run.root}")
-    return metrics
-
-
-def save_detections(detector, val_ds, class_names, path, threshold):
-    images, info = next(iter(val_ds))
-    out = {key: value.numpy() for key, value in detector(images).items()}
-    visualize.save_grid(np.asarray(images), {key: np.asarray(info[key]) for key in ("boxes", "classes", "valid")},
-                        out, class_names, path, threshold)
-
-
-def get_args_parser():
-    return config_lib.get_args_parser(Config)
-
+Config, resolve, main, get_args_parser, cli = recipe.script(SSDLiteCOCO)
+COCOEvaluator = evaluation.COCOEvaluator  # where it lived before heads/ssdlite/evaluation.py
 
 if __name__ == "__main__":
-    engine.recipe_main(main, Config)
+    cli()

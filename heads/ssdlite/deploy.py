@@ -40,6 +40,9 @@ from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.ssdlite import box_coder, model as model_lib, postprocess
 
+# The quantizations a detector file takes (names of export.QUANTIZATIONS; None and
+# the other aliases of export.ALIASES are accepted as well).
+QUANTIZATIONS = ("fp32", "int8")
 THREAD_SAFE_UP_TO = 8
 MIN_SIDE = 1e-8  # boxes clipped to zero size keep this side (finite log)
 POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
@@ -148,11 +151,11 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
 
     Args:
         model: a ``build_ssdlite`` model.
-        quantization: None (float32) or "int8" (full-integer network, float
-            postprocess; needs ``representative_images``: (1, S, S, 3) batches).
+        quantization: one of ``QUANTIZATIONS``: "fp32" (also None) or "int8"
+            (full-integer network, float postprocess; needs
+            ``representative_images``: (1, S, S, 3) batches).
     """
-    if quantization not in (None, "fp32", "int8"):
-        raise ValueError(f"`quantization` must be None, 'fp32' or 'int8'; got {quantization!r}.")
+    quantization = export.quantization_name(quantization, QUANTIZATIONS)
     if quantization == "int8" and representative_images is None:
         raise ValueError("`quantization='int8'` needs `representative_images`.")
     if quantization != "int8":  # float: h-swish as one HARD_SWISH op (see export.fuse_hard_swish)

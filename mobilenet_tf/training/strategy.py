@@ -122,3 +122,19 @@ def set_precision(mixed_precision, force_on_cpu=False):
                          "float32. Pass --force-mixed-precision to use mixed_bfloat16 anyway.")
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+def setup(config):
+    """What every recipe does first: pick the strategy, check the batch divides over
+    its replicas, set the precision policy and the seeds. Returns (strategy, policy).
+
+    ``config`` needs: strategy, num_cpu_devices, global_batch_size,
+    mixed_precision, force_mixed_precision, seed, deterministic.
+    """
+    strategy = get_strategy(config.strategy, config.num_cpu_devices)
+    per_replica_batch(config.global_batch_size, strategy)  # divisibility check
+    policy = set_precision(config.mixed_precision, config.force_mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy, policy

@@ -1,0 +1,362 @@
+"""The fit path: ``run_training`` with ``model.fit`` and stock Keras callbacks
+(BackupAndRestore, ModelCheckpoint, TensorBoard, CSVLogger, TerminateOnNaN,
+SwapEMAWeights), resuming from the newest intact backup (``restore_training_state``).
+Under MultiWorkerMirroredStrategy it hands over to ``multi_worker.custom_loop``
+(Keras 3 ``fit`` fails there, keras-team/keras#20585).
+
+The options every recipe passes alike (XLA, steps per execution, SyncBN, Keras
+verbosity) travel as one ``FitOptions``, or as the recipe's config itself (any
+object with those fields, e.g. a ``RunOptions`` subclass).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_tf._keras import keras
+from mobilenet_tf.training import config as config_lib, schedules
+from mobilenet_tf.training.run_dir import (_completed_epochs, _truncate_history, _warn, best_so_far, read_history,
+                                           settle_previous_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """The fit options every recipe shares (the ``RunOptions`` flags of the same names).
+
+    ``verbose`` is Keras' (0, 1, 2 or "auto"); ``from_config`` turns the
+    ``--verbose`` flag into it (``config.keras_verbose``).
+    """
+
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    sync_batchnorm: bool = True
+    verbose: object = "auto"
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """The options of a recipe's config (fields it lacks keep their defaults);
+        ``overrides`` replace single ones."""
+        if isinstance(config, cls):
+            return dataclasses.replace(config, **overrides)
+        values = {field.name: getattr(config, field.name) for field in dataclasses.fields(cls)
+                  if hasattr(config, field.name)}
+        if isinstance(values.get("verbose"), str):
+            values["verbose"] = config_lib.keras_verbose(values["verbose"])
+        values.update(overrides)
+        return cls(**values)
+
+
+class NaNLossError(RuntimeError):
+    pass
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds ``train_seconds`` (the epoch's training time, without validation) to the
+    epoch's logs, so history.csv keeps it across resumed runs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._seconds = None
+
+    def on_test_begin(self, logs=None):
+        if self._seconds is None:
+            self._seconds = time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["train_seconds"] = self._seconds if self._seconds is not None else time.perf_counter() - self._start
+
+
+class _ScheduledEvaluation:
+    """``evaluate(model)`` on the first epoch of the process, every ``every``-th epoch
+    and the last; other epochs give NaN for its keys (never "best", gaps in the
+    curves). Returns the results as ``val_<key>``; used by both training loops."""
+
+    def __init__(self, evaluate, every, epochs):
+        self._evaluate, self._every, self._epochs = evaluate, every, epochs
+        self._keys = None
+
+    def __call__(self, model, epoch):
+        if self._keys is None or (epoch + 1) % self._every == 0 or epoch + 1 == self._epochs:
+            results = self._evaluate(model)
+            self._keys = list(results)
+        else:
+            results = {key: float("nan") for key in self._keys}
+        return {f"val_{key}": value for key, value in results.items()}
+
+
+class _Evaluate(keras.callbacks.Callback):
+    """Adds the scheduled evaluation's ``val_<key>`` results to the epoch's logs,
+    before the checkpoint and CSV callbacks read them."""
+
+    def __init__(self, evaluation):
+        super().__init__()
+        self._evaluation = evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self._evaluation(self.model, epoch))
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore(double_checkpoint=True)`` (latest.weights.h5 and the previous
+    epoch's latest.weights.h5.bkp, with their training_metadata.json) that always
+    saves the *training* weights, even when ``SwapEMAWeights`` (``swap``) has put
+    the EMA into the model, so it can run after every other callback. Restoring is
+    ``restore_training_state``'s job (before ``fit``), not ``on_train_begin``'s."""
+
+    def __init__(self, backup_dir, swap=None):
+        super().__init__(backup_dir, double_checkpoint=True)
+        self._swap = swap
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            return  # keep the last good backup (TerminateOnNaN stops the run)
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        # keras.callbacks.SwapEMAWeights keeps no public state; it swaps in place.
+        swapped = self._swap is not None and self._swap._ema_weights_in_model
+        if swapped:
+            self._swap._swap_variables()
+        try:
+            super()._save_model()
+        finally:
+            if swapped:
+                self._swap._swap_variables()
+
+
+class _ReleasePrevious(keras.callbacks.Callback):
+    """Deletes the run ``--overwrite`` set aside once this run's first epoch is backed up."""
+
+    def __init__(self, run):
+        super().__init__()
+        self._run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.model.stop_training:
+            settle_previous_run(self._run.root)
+
+
+def _callbacks(run, monitor, ema, extra=(), evaluate=None, evaluate_every=1, epochs=1):
+    # The best score so far survives a resume (ModelCheckpoint alone would restart from -inf).
+    best = best_so_far(run, monitor)
+    callbacks = [keras.callbacks.TerminateOnNaN(), _EpochTimer()]
+    swap = None
+    if ema:
+        # Swap in EMA weights for evaluation and for the checkpoints written at epoch end.
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        callbacks.append(swap)
+    if evaluate is not None:
+        callbacks.append(_Evaluate(_ScheduledEvaluation(evaluate, evaluate_every, epochs)))
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=None if best == -np.inf else best),
+        keras.callbacks.ModelCheckpoint(run.path("last.weights.h5"), save_weights_only=True),
+        keras.callbacks.CSVLogger(run.path("history.csv"), append=True),
+        keras.callbacks.TensorBoard(run.path("logs")),
+        *extra,
+    ]
+    # The backup marks an epoch done, so it goes last: an epoch killed during its (possibly
+    # long) evaluation or checkpointing is redone on resume, and history.csv never lags it.
+    return [*callbacks, _Backup(run.path("backup"), swap), _ReleasePrevious(run)]
+
+
+def _read_epoch(path):
+    """The ``epoch`` in a BackupAndRestore training_metadata.json; ValueError naming the file."""
+    try:
+        with open(path) as f:
+            epoch = json.load(f)["epoch"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is unreadable ({type(error).__name__}: {error})") from None
+    if not isinstance(epoch, int):
+        raise ValueError(f"{path} is unreadable (its epoch is {epoch!r}, not an integer)")
+    return epoch
+
+
+def _snapshot(variables):
+    return [np.array(v.numpy()) for v in variables]
+
+
+def _assign(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _load_weights(model, path):
+    """``model.load_weights`` for any file name (Keras insists on ``.weights.h5``; the
+    double checkpoint's previous copy is ``latest.weights.h5.bkp``)."""
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return
+    copy = os.path.join(os.path.dirname(path), "restoring.weights.h5")
+    shutil.copyfile(path, copy)
+    try:
+        model.load_weights(copy)
+    finally:
+        os.remove(copy)
+
+
+def restore_training_state(model, run, steps_per_epoch, ema=False):
+    """Load the newest intact training state into ``model`` (compiled, its optimizer
+    built); returns the number of epochs it completed (0: a fresh start).
+
+    Candidates, newest first: ``backup/latest.weights.h5``, the previous epoch's
+    ``backup/latest.weights.h5.bkp`` (double checkpointing), then
+    ``last.weights.h5`` (holding the EMA in the model when ``ema``); without a
+    ``backup/`` directory (a new run, or one whose training finished) nothing is
+    restored; ``run_training`` creates ``backup/`` before the first epoch, so a run
+    killed before its first backup restarts at epoch 0 with history.csv cleared. A candidate's
+    epoch is its optimizer step count / ``steps_per_epoch`` (checked against its
+    training_metadata.json when that is readable); it is used only when history.csv
+    records every epoch before it, and history.csv is cut back to it. A file that
+    cannot be read (torn by a kill during its write) is skipped with a warning
+    naming it.
+    """
+    backup = run.path("backup")
+    latest = os.path.join(backup, "latest.weights.h5")
+    metadata = os.path.join(backup, "training_metadata.json")
+    candidates = [(latest, metadata, False), (latest + ".bkp", metadata + ".bkp", False),
+                  (run.path("last.weights.h5"), None, ema)]
+    if not os.path.isdir(backup):
+        return 0  # a new run, or one whose training finished (BackupAndRestore deleted its backup)
+    candidates = [c for c in candidates if os.path.exists(c[0])]
+    recorded = _completed_epochs(run)
+    variables = list(model.variables) + list(model.optimizer.variables)
+    initial = _snapshot(variables)
+    for weights_path, metadata_path, swapped in candidates:
+        try:
+            _load_weights(model, weights_path)
+        except Exception as error:  # a torn h5 file raises OSError, KeyError or ValueError
+            _warn(f"cannot restore from {weights_path} ({type(error).__name__}: {str(error)[:200]}); it is "
+                  "damaged (likely a kill during its write). Trying an older checkpoint.")
+            continue
+        steps = int(model.optimizer.iterations.numpy())
+        epoch, partial = divmod(steps, steps_per_epoch)
+        if partial:
+            _warn(f"{weights_path} is at step {steps}, not at the end of an epoch of {steps_per_epoch} steps; "
+                  "not resuming from it.")
+            continue
+        if metadata_path is not None and os.path.exists(metadata_path):
+            try:
+                if _read_epoch(metadata_path) != epoch:
+                    _warn(f"{metadata_path} says epoch {_read_epoch(metadata_path)} but {weights_path} is at "
+                          f"the end of epoch {epoch} ({steps} steps); using {epoch}.")
+            except ValueError as error:
+                _warn(f"{error}; using the epoch count of {weights_path}'s optimizer steps ({epoch}).")
+        if epoch > recorded:
+            _warn(f"{weights_path} is at epoch {epoch} but {run.path('history.csv')} records {recorded} epochs; "
+                  "not resuming from it.")
+            continue
+        if swapped:
+            _swap_ema(model, model.optimizer)
+        if weights_path != latest:
+            _warn(f"resuming from {weights_path} (epoch {epoch}).")
+        _truncate_history(run, epoch)
+        return epoch
+    _assign(variables, initial)
+    _warn(f"no intact checkpoint in {run.root}; training starts again from epoch 0 (history.csv is cleared).")
+    _truncate_history(run, 0)
+    return 0
+
+
+def run_training(
+    *, build, train_ds, eval_ds, epochs, steps_per_epoch, eval_steps, run, strategy,
+    global_batch_size, options=None, monitor="val_top1", ema=False, callbacks=(), evaluate=None,
+    evaluate_every=1, **fit_options,
+):
+    """Train and evaluate under ``strategy``; returns ``(model, history)``.
+
+    ``history`` is read back from history.csv, so it covers every epoch of a
+    resumed run; ``history["train_seconds"]`` is each epoch's training time.
+
+    Args:
+        build: ``() -> (model, optimizer, loss, metrics)``, called inside the
+            strategy's scope. ``loss`` takes (y_true, y_pred) and returns one value
+            per example, or is a dict of such losses keyed like the model's
+            outputs (summed); ``metrics`` are Keras metric objects.
+        train_ds: repeated, batched by the *global* batch size.
+        eval_ds: batched evaluation data (finite) for ``metrics``, or None.
+        epochs, steps_per_epoch, eval_steps: loop lengths.
+        run: the ``RunDir``.
+        monitor: metric whose maximum picks ``best.weights.h5``.
+        options: the shared fit options: a ``FitOptions``, or a recipe's config
+            (its jit_compile, steps_per_execution, sync_batchnorm and verbose flags;
+            ``FitOptions.from_config``); None: the defaults. ``sync_batchnorm``:
+            with several replicas, all-reduce BatchNormalization statistics
+            (SyncBN), so every replica and worker keeps the same moving
+            statistics; without it workers end with different ones.
+        **fit_options: single ``FitOptions`` fields overriding ``options``
+            (e.g. ``verbose=0``).
+        ema: the optimizer keeps a weight EMA; evaluate and checkpoint it.
+        callbacks: more Keras callbacks for ``fit`` (not used by the multi-worker loop).
+        evaluate: optional ``model -> {name: float}`` run after every epoch (on
+            the EMA weights when ``ema``); its results join the history as
+            ``val_<name>`` and may be the ``monitor``. For metrics a Keras metric
+            cannot compute on a batch: full-resolution mIoU, COCO mAP, LFW
+            verification.
+        evaluate_every: run ``evaluate`` every N epochs (and on the last, and
+            the first of a process); other epochs log NaN for its keys.
+
+    Raises:
+        NaNLossError: the loss became NaN (the last good checkpoint stays on disk).
+    """
+    options = FitOptions.from_config(options, **fit_options) if options is not None else FitOptions(**fit_options)
+    with strategy.scope():
+        model, optimizer, loss, metrics = build()
+    if options.sync_batchnorm and strategy.num_replicas_in_sync > 1:
+        schedules.configure_batchnorm(model, synchronized=True)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from mobilenet_tf.training import multi_worker
+
+        return multi_worker.custom_loop(model, optimizer, loss, metrics, train_ds, eval_ds, epochs, steps_per_epoch,
+                            eval_steps, run, strategy, global_batch_size, monitor, ema, evaluate, evaluate_every)
+    with strategy.scope():
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=options.jit_compile,
+                      steps_per_execution=options.steps_per_execution)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    initial_epoch = restore_training_state(model, run, steps_per_epoch, ema)
+    # backup/ exists from now until training finishes: a kill before the first epoch's
+    # backup (history.csv may already have its row) then resumes through it, from epoch 0.
+    os.makedirs(run.path("backup"), exist_ok=True)
+    history = model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                        validation_data=eval_ds,
+                        validation_steps=eval_steps if eval_ds is not None else None,
+                        callbacks=_callbacks(run, monitor, ema, callbacks, evaluate, evaluate_every, epochs),
+                        verbose=options.verbose)
+    losses = history.history.get("loss", [])
+    if model.stop_training and losses and not math.isfinite(losses[-1]):
+        raise NaNLossError(
+            f"training stopped at epoch {len(losses)}: the loss became NaN. Lower the learning rate or check "
+            f"the data; the last good weights are in {run.path('last.weights.h5')} and the backup in "
+            f"{run.path('backup')} lets a rerun resume."
+        )
+    return model, read_history(run)
+
+
+def _per_example_loss(loss, y, predictions):
+    """(B,) loss values: ``loss`` is a callable or a dict of them keyed like the
+    model's outputs (summed); Keras ``Loss`` objects are called unreduced."""
+    if isinstance(loss, dict):
+        return tf.add_n([_per_example_loss(fn, y[key], predictions[key]) for key, fn in loss.items()])
+    return loss.call(y, predictions) if isinstance(loss, keras.losses.Loss) else loss(y, predictions)
+
+
+def _swap_ema(model, optimizer):
+    """Exchange the weights and their EMA (what keras.callbacks.SwapEMAWeights does)."""
+    for variable, average in zip(model.trainable_variables, optimizer._model_variables_moving_average):
+        value = tf.identity(variable)
+        variable.assign(average)
+        average.assign(value)

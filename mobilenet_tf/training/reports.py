@@ -1,0 +1,48 @@
+"""Reports at the end of a run: throughput, curves.png, model.keras + SavedModel,
+metrics.json (which marks the run finished)."""
+
+import json
+
+from mobilenet_tf.training.run_dir import settle_previous_run
+
+
+def throughput(history, steps_per_epoch, global_batch_size):
+    """{epochs, train_seconds, images_per_second} over every epoch in ``history``."""
+    epochs = len(history.get("loss", []))
+    seconds = sum(history.get("train_seconds", []))
+    images = epochs * steps_per_epoch * global_batch_size
+    return dict(epochs=epochs, train_seconds=seconds, images_per_second=images / seconds if seconds else 0.0)
+
+
+def plot_history(history, path, metric="top1"):
+    """Loss and ``metric`` per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        if history.get(key):
+            left.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    for key in (metric, f"val_{metric}"):
+        if history.get(key):
+            right.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    left.set_xlabel("epoch"), right.set_xlabel("epoch"), left.set_title("loss"), right.set_title(metric)
+    left.legend(), right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def export_model(model, run):
+    """``model.keras`` and a SavedModel (``model.export``) in the run directory."""
+    model.save(run.path("model.keras"))
+    model.export(run.path("saved_model"), verbose=False)
+
+
+def write_metrics(run, metrics):
+    """metrics.json, which marks the run finished (and releases the run ``--overwrite`` set aside)."""
+    with open(run.path("metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True)
+    settle_previous_run(run.root)
