@@ -168,6 +168,7 @@ def test_heads_prune_cluster_and_quantize_to_int8(head):
     assert head == "ssdlite" or r["cosine"] > 0.98, r
 
 
+@pytest.mark.slow
 def test_qat_names_an_unsupported_layer_and_the_fix():
     """ShuffleNet's ChannelShuffle is a custom layer TFMOT has no QuantizeConfig for."""
     r = run_legacy_keras(textwrap.dedent("""

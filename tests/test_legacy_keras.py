@@ -2,6 +2,8 @@
 
 import textwrap
 
+import pytest
+
 import mobilenet_tf
 from conftest import run_legacy_keras
 
@@ -42,6 +44,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_builders_run_under_tf_keras():
     result = run_legacy_keras(SCRIPT)
     for name, params in result["params"].items():

@@ -99,10 +99,12 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--images-per-identity", "5"], "'train_identity_00000' has only 4 images"),
+    pytest.param(["--images-per-identity", "5"], "'train_identity_00000' has only 4 images",
+                 marks=pytest.mark.slow),  # renders the synthetic identities first
     (["--train-dir", "{tmp}/missing"], "--train-dir"),
     (["--train-dir", "{tmp}"], "--data-dir (TFDS lfw), --lfw-dir"),
-    (["--teacher", "{tmp}/teacher.keras"], "embeds into 16 dimensions but the student into 128"),
+    pytest.param(["--teacher", "{tmp}/teacher.keras"], "embeds into 16 dimensions but the student into 128",
+                 marks=pytest.mark.slow),  # builds and saves a teacher first
     (["--eval-only"], "--eval-only` needs --weights"),
     (["--mining", "semi_hard", "--distill-weight", "0", "--triplet-weight", "0"], "not both 0"),
     (["--strategy", "mirrored", "--num-cpu-devices", "2", "--identities-per-batch", "3"], "whole identities"),
