@@ -122,6 +122,7 @@ def _compress_args(p):
     p.add_argument("--out", required=True, help="output directory (report.md, metrics.json, int8.tflite, "
                                                 "compressed.keras, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--deterministic", action="store_true", help="deterministic ops (slower)")
     defaults = {f.name: f for f in dataclasses.fields(Config)}
     for name in COMPRESS_PASS_THROUGH:
         field = defaults[name]
@@ -424,6 +425,7 @@ def _compress(args):
                    "--qat" if args.qat else "--no-qat", "--dataset", args.data, "--output-dir", args.out]
         command += ["--data-dir", args.data_dir] if args.data_dir else []
         command += ["--overwrite"] if args.overwrite else []
+        command += ["--deterministic"] if args.deterministic else []
         for flag in COMPRESS_PASS_THROUGH:
             command += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         # TFMOT needs tf_keras, chosen before TensorFlow is imported: a child process.

@@ -23,6 +23,7 @@ import os
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 import mobilenet_tf
 from mobilenet_tf import _keras, compress, export, weights
@@ -59,6 +60,7 @@ class Config:
     qat_steps: int = field(60, "quantization-aware fine-tuning steps")
     calibration_images: int = field(200, "post-training int8 (--no-qat): training images to calibrate on")
     seed: int = field(0, "random seed")
+    deterministic: bool = field(False, "deterministic ops and input order (slower)")
     output_dir: str = field("runs/compress", "run directory")
     overwrite: bool = field(False, "replace a finished run in --output-dir")
 
@@ -140,6 +142,8 @@ def main(config):
     config = resolve(config)
     compress.require_legacy_keras()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     train_ds, images, labels = load_data(config)
     run = run_dir.prepare_run_dir(config.output_dir, config.overwrite)
     config_lib.save_config(config, run.path("config.json"))

@@ -150,9 +150,6 @@ class Variant:
                      for info in self.features(**options))
 
 
-Entry = Variant  # the former name of the record
-
-
 def input_range(include_preprocessing):
     """(low, high) of the pixels a model built with ``include_preprocessing`` takes."""
     return (0.0, 255.0) if include_preprocessing else (-1.0, 1.0)
@@ -203,8 +200,6 @@ def get_entry(name):
         raise ValueError(f"unknown model name {name!r}.{hint} Valid names: {', '.join(list_models())}.")
     return _REGISTRY[name]
 
-
-get_variant = get_entry
 
 
 def accepts(name, argument):

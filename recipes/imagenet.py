@@ -199,7 +199,6 @@ class ImageNet(recipe.Recipe):
 
 
 Config, resolve, main, get_args_parser, cli = recipe.script(ImageNet)
-evaluate_tflite = evaluation.evaluate_tflite  # where it lived before mobilenet_tf.evaluation
 
 if __name__ == "__main__":
     cli()

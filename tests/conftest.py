@@ -1,3 +1,6 @@
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -5,6 +8,11 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs two xdist workers on two cores, each often waiting on a recipe in a child
+# process (which inherits this): one TensorFlow intra-op thread per process keeps them from
+# fighting over the cores (two concurrent recipe runs: 42 s with the default threads, 32 s
+# with one each). Set TF_NUM_INTRAOP_THREADS to override.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -65,6 +73,39 @@ def run_script(script, *args, env=None, timeout=1800, wait=True):
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+_RECIPES = {}
+
+
+def run_recipe_in_process(script, *args):
+    """Run ``recipes/<script>``'s command line in this process (for refusals, which stop
+    before training: no subprocess start-up); a ``CompletedProcess`` with the exit code
+    and the captured stdout / stderr, like ``run_script``'s. Exceptions other than
+    ``SystemExit`` propagate (a traceback fails the test)."""
+    if script not in _RECIPES:
+        spec = importlib.util.spec_from_file_location(f"recipe_{pathlib.Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _RECIPES[script] = module
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            _RECIPES[script].cli(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def h5_arrays(path):
+    """Every dataset of an HDF5 file (e.g. a .weights.h5), in file order, as numpy arrays."""
+    import h5py
+
+    with h5py.File(path) as f:
+        arrays = []
+        f.visititems(lambda name, obj: arrays.append(np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
+        return arrays
+
+
 def read_metrics(run_dir):
     return json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
 
@@ -76,3 +117,15 @@ def run_legacy_keras(script, timeout=1200):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, the longest first (``pytest.mark.slow(seconds=...)``, measured
+    on 2 cores): xdist (``--maxschedchunk 1`` in pytest.ini) hands the tests out in this
+    order to whichever worker is free, so the long ones run side by side from the start
+    and the short ones fill in at the end, instead of one long test running alone."""
+    def seconds(item):
+        marker = item.get_closest_marker("slow")
+        return -1 if marker is None else marker.kwargs.get("seconds", 0)
+
+    items.sort(key=seconds, reverse=True)  # stable: ties keep their collection order

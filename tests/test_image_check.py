@@ -265,7 +265,7 @@ RECIPE_TINY = ["--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "
                "--global-batch-size", "8", "--steps-per-epoch", "2", "--verbose", "2"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_imagenet_recipe_skips_bad_files_and_lists_them(tmp_path, cache_dir):
     data = _recipe_folder(tmp_path / "data")
     run_dir = tmp_path / "run"

@@ -9,10 +9,11 @@ from mobilenet_tf import export
 
 # V1 0.5 at 48 px converts to TFLite four times faster than the default V3-Small.
 SMALL = ["--model", "v1", "--alpha", "0.5", "--input-size", "48", "--train-steps", "150", "--prune-steps", "80",
-         "--cluster-steps", "30", "--qat-steps", "30", "--train-examples", "1280", "--eval-examples", "200"]
+         "--cluster-steps", "30", "--qat-steps", "30", "--train-examples", "1280", "--eval-examples", "200",
+         "--deterministic"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_compress_pipeline_and_size_report(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("recipes/compress.py", *SMALL, "--output-dir", str(run_dir))

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from conftest import read_metrics, run_script
+from conftest import read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.lraspp import data
@@ -18,25 +18,38 @@ def recipe(*args, **kwargs):
     return run_script("recipes/lraspp_cityscapes.py", *args, **kwargs)
 
 
-@pytest.mark.slow
-def test_synthetic_default_learns_and_exports_tflite(tmp_path):
+def in_process(*args):
+    """The recipe's command line run in this process (refusals stop before training)."""
+    return run_recipe_in_process("recipes/lraspp_cityscapes.py", *args)
+
+
+# The learning run: smaller than the no-flag preset (128 px crops, 1600 scenes x 4 epochs;
+# mIoU 0.942 measured), seeded and with TensorFlow op determinism, so a commit scores the
+# same every time on one machine; its mIoU clears the 0.6 bar by >= 20% of it (>= 0.72).
+SIZE = 96
+LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", str(SIZE),
+         "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "3", "--deterministic"]
+
+
+@pytest.mark.slow(seconds=60)
+def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe("--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["miou"] >= 0.6, metrics
+    assert metrics["miou"] >= 0.6, metrics  # measured 0.9065
     assert metrics["pixel_accuracy"] > metrics["per_class_iou"]["background"] * 0.5
     assert set(metrics["per_class_iou"]) == set(data.synthetic_split(False, 1, 32).class_names)
-    assert metrics["epochs"] == 4 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
+    assert metrics["epochs"] == 3 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "predictions.png", "model.keras",
                  "saved_model", "model_fp32.tflite", "model_int8.tflite"):
         assert (run_dir / name).exists(), name
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert "val_miou" in history[0] and len(history) == 5
+    assert "val_miou" in history[0] and len(history) == 4
 
     # TFLite: fp32 logits equal Keras'; int8 predicts the same class on >= 95% of pixels.
     model = keras.models.load_model(run_dir / "model.keras")
-    images = np.stack([image for image, _ in data.synthetic_split(False, 8, 128).dataset.as_numpy_iterator()])
+    images = np.stack([image for image, _ in data.synthetic_split(False, 8, SIZE).dataset.as_numpy_iterator()])
     images = images.astype("float32")
     keras_logits = np.asarray(model(images, training=False))
     fp32 = export.TFLiteModel(str(run_dir / "model_fp32.tflite"))(images)
@@ -45,13 +58,14 @@ def test_synthetic_default_learns_and_exports_tflite(tmp_path):
     assert np.mean(int8.argmax(-1) == keras_logits.argmax(-1)) >= 0.95
 
     # --eval-only from the best checkpoint reproduces the mIoU.
-    evaluated = recipe("--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
-                       str(run_dir / "best.weights.h5"))
+    evaluated = in_process(*LEARN[:-1], "--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
+                           str(run_dir / "best.weights.h5"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert read_metrics(tmp_path / "eval")["miou"] >= 0.6
+    assert read_metrics(tmp_path / "eval")["miou"] == pytest.approx(max(
+        float(line.split(",")[history[0].split(",").index("val_miou")]) for line in history[1:]), abs=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_mirrored_on_two_cpu_devices(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
@@ -78,6 +92,13 @@ def test_mirrored_on_two_cpu_devices(tmp_path):
     (["--tflite", "int4"], "`--tflite` formats"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    proc = recipe(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"), timeout=300)
+    run = recipe if "--num-cpu-devices" in args else in_process  # logical devices: before TensorFlow starts
+    proc = run(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
+    proc = recipe("--eval-only", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "needs --weights" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 import keras
-from mobilenet_tf.training import config as config_lib, engine
+from mobilenet_tf.training import config as config_lib, engine, fit
 
-from conftest import read_metrics, run_script
+from conftest import h5_arrays, read_metrics, run_script
 from test_recipe_imagenet import TINY, _free_ports
 
 STEPS = 4
@@ -38,13 +38,26 @@ class StopAt(keras.callbacks.Callback):
 RAN = []  # the epochs the last train() call started
 
 
-def train(run_dir, epochs=3, stop_at=None, ema=False):
+class PoisonAt(keras.callbacks.Callback):
+    """Stands in for a diverging run: the kernel becomes NaN when ``epoch`` begins."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            kernel = self.model.layers[-1].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def train(run_dir, epochs=3, stop_at=None, ema=False, steps=STEPS, units=2, poison_at=None):
     """A tiny regression through ``engine.run_training``; every epoch sees the same four
     batches in the same order, so a resumed run must end where an uninterrupted one does."""
     keras.utils.set_random_seed(0)
 
     def build():
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units)])
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9, use_ema=ema, ema_momentum=0.5)
         return model, optimizer, keras.losses.MeanSquaredError(reduction=None), []
 
@@ -55,9 +68,9 @@ def train(run_dir, epochs=3, stop_at=None, ema=False):
     try:
         model, history = engine.run_training(
             build=build, train_ds=train_ds, eval_ds=None, evaluate=lambda model: {"score": 0.5},
-            monitor="val_score", epochs=epochs, steps_per_epoch=STEPS, eval_steps=None, run=run,
+            monitor="val_score", epochs=epochs, steps_per_epoch=steps, eval_steps=None, run=run,
             strategy=tf.distribute.get_strategy(), global_batch_size=8, verbose=0, ema=ema,
-            callbacks=[StopAt(stop_at)])
+            callbacks=[StopAt(stop_at), PoisonAt(poison_at)])
     except Interrupted:
         return None, None
     return [w.copy() for w in model.get_weights()], history
@@ -105,7 +118,60 @@ def test_torn_backup_resumes_from_the_newest_intact_state(tmp_path, capsys, refe
     # Resumed (not restarted unless nothing was intact) and ended where an uninterrupted run ends.
     for got, want in zip(weights, reference[ema]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The backup stays until the run's outputs are written, then finish_training drops it.
+    assert (run_dir / "backup" / "latest.weights.h5").exists()
+    fit.finish_training(engine.RunDir(str(run_dir)))
     assert not (run_dir / "backup").exists()
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_killed_after_training_before_its_outputs_resumes_at_the_end(tmp_path, reference, ema):
+    run_dir = tmp_path / "run"
+    train(run_dir, ema=ema)  # all 3 epochs, then "killed" before metrics.json
+    weights, history = train(run_dir, ema=ema)
+    assert RAN == []  # nothing trained again
+    assert len(history["loss"]) == 3 and len((run_dir / "history.csv").read_text().splitlines()) == 4
+    for got, want in zip(weights, reference[ema]):  # the final (EMA) weights, as after the first run
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_keeps_the_last_good_epoch_and_a_rerun_resumes_from_it(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    with pytest.raises(fit.NaNLossError) as error:
+        train(run_dir, poison_at=2)
+    message = str(error.value)
+    assert "stopped in epoch 3" in message and "last good epoch (2)" in message, message
+    assert RAN == [0, 1, 2]
+    # Neither the NaN epoch's weights nor its evaluation were saved; the backup survives.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.load_weights(run_dir / "last.weights.h5")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert (run_dir / "backup" / "latest.weights.h5").exists()
+    # Rerun (the cause fixed): it resumes at epoch 2 and ends where an uninterrupted run ends.
+    weights, history = train(run_dir)
+    assert RAN == [2] and len(history["loss"]) == 3
+    for got, want in zip(weights, reference[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path):
+    with pytest.raises(fit.NaNLossError, match="stopped in epoch 1: .*no epoch finished"):
+        train(tmp_path / "run", poison_at=0)
+    assert not (tmp_path / "run" / "last.weights.h5").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=3), "is at step 8, not at the end of an epoch of 3 steps"),
+    (dict(units=3), "does not fit the model these settings build"),
+])
+def test_resume_that_cannot_fit_the_checkpoint_is_refused_and_keeps_it(tmp_path, change, message):
+    run_dir = tmp_path / "run"
+    train(run_dir, stop_at=2)
+    with pytest.raises(ValueError, match=message) as error:
+        train(run_dir, **change)
+    assert "--overwrite" in str(error.value)
+    assert (run_dir / "backup" / "latest.weights.h5").exists()
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # epochs 0 and 1 kept
 
 
 @dataclasses.dataclass
@@ -151,7 +217,7 @@ def recipe(*args, **kwargs):
     return run_script("recipes/imagenet.py", *args, **kwargs)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--synthetic-eval-examples", "32",
@@ -183,16 +249,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 2 and not (tmp_path / "run.previous").exists()
 
 
-def _h5_arrays(path):
-    import h5py
-
-    with h5py.File(path) as f:
-        arrays = []
-        f.visititems(lambda name, obj: arrays.append(np.asarray(obj)) if isinstance(obj, h5py.Dataset) else None)
-        return arrays
-
-
-@pytest.mark.slow
+@pytest.mark.slow(seconds=85)
 def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run_dir = tmp_path / "run"
@@ -232,8 +289,8 @@ def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     for directory in (run_dir, run_dir / "workers" / "worker_1"):
         epochs = [int(line.split(",")[0]) for line in (directory / "history.csv").read_text().splitlines()[1:]]
         assert epochs == [0, 1, 2], directory
-    chief_weights = _h5_arrays(run_dir / "last.weights.h5")
-    other = _h5_arrays(run_dir / "workers" / "worker_1" / "last.weights.h5")
+    chief_weights = h5_arrays(run_dir / "last.weights.h5")
+    other = h5_arrays(run_dir / "workers" / "worker_1" / "last.weights.h5")
     assert len(chief_weights) == len(other) > 100
     assert all(np.array_equal(a, b) for a, b in zip(chief_weights, other))
     assert read_metrics(run_dir)["epochs"] == 3

@@ -162,9 +162,9 @@ def test_evaluate_function_joins_history_and_picks_the_best_checkpoint(tmp_path)
     best = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     best.load_weights(run.path("best.weights.h5"))
     np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])  # epoch 3 scored best
-    # Training again into the same run directory (as a resumed run does) keeps the best so far:
-    # its 0.3 does not replace the 0.9 checkpoint.
-    _, history = engine.run_training(epochs=1, **common)
+    # Extending the run (its backup stays until the run's outputs are written) resumes at
+    # epoch 5 and keeps the best so far: its 0.3 does not replace the 0.9 checkpoint.
+    _, history = engine.run_training(epochs=5, **common)
     assert history["val_score"][-1] == 0.3 and len(history["val_score"]) == 5
     best.load_weights(run.path("best.weights.h5"))
     np.testing.assert_array_equal(best.layers[-1].get_weights()[0], kernels[1])

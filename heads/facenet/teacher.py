@@ -11,6 +11,7 @@ functions read its fields of the same names.
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -67,7 +68,10 @@ def train_teacher(config, train, pairs, directory, train_embedding, chief=True):
         loss=losses.FaceNetLoss(config.margin, config.mining, triplet_weight=1.0), train_ds=train_ds,
         epochs=config.teacher_epochs, learning_rate=config.teacher_learning_rate)
     if chief:
-        teacher.save(saved)
+        partial = os.path.join(directory, "teacher.partial.keras")  # a kill mid-save leaves no torn teacher.keras
+        teacher.save(partial)
+        os.replace(partial, saved)
+        shutil.rmtree(os.path.join(directory, "backup"), ignore_errors=True)  # teacher.keras now marks it done
     return teacher
 
 

@@ -46,26 +46,29 @@ SAVE_EVERY_SECONDS = 60  # a long check saves its verdicts as it goes (an interr
 # ---------------------------------------------------------------- readers
 
 
-def _decode_tf(path):
-    import tensorflow as tf
-
+def _read_bytes(path):
+    """The file's bytes; ``_Unreadable`` when it is empty."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
         raise _Unreadable("empty file (0 bytes)")
+    return data
+
+
+def _decode_tf(path):
+    import tensorflow as tf
+
+    data = _read_bytes(path)
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+    except tf.errors.OpError as error:  # InvalidArgument, Unimplemented, DataLoss, ... on bad files
         raise _Unreadable(_tf_message(error)) from None
 
 
 def _decode_pil(path):
     from PIL import Image
 
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data:
-        raise _Unreadable("empty file (0 bytes)")
+    data = _read_bytes(path)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -337,9 +340,13 @@ class _Cache:
                 stored = {"version": self._version(), "reader": self.reader, "folder": folder,
                           "files": self.folders[folder]}
                 handle, temp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-                with os.fdopen(handle, "w") as f:
-                    json.dump(stored, f)
-                os.replace(temp, self._file(folder))  # atomic: a concurrent reader sees old or new
+                try:
+                    with os.fdopen(handle, "w") as f:
+                        json.dump(stored, f)
+                    os.replace(temp, self._file(folder))  # atomic: a concurrent reader sees old or new
+                finally:
+                    if os.path.exists(temp):
+                        os.remove(temp)
         except OSError as error:
             print(f"image check: cannot write the cache in {self.root} ({error.strerror or error}); the next run "
                   f"decodes again (set {CACHE_ENV} to a writable folder)", file=sys.stderr)

@@ -35,12 +35,12 @@ coordination service misses its heartbeats).
 """
 
 from mobilenet_tf.training.fit import (  # noqa: F401
-    FitOptions, NaNLossError, _per_example_loss, _swap_ema, restore_training_state, run_training,
+    FitOptions, NaNLossError, finish_training, restore_training_state, run_training,
 )
-from mobilenet_tf.training.multi_worker import WorkerLostError, custom_loop as _custom_loop  # noqa: F401
+from mobilenet_tf.training.multi_worker import WorkerLostError  # noqa: F401
 from mobilenet_tf.training.reports import export_model, plot_history, throughput, write_metrics  # noqa: F401
 from mobilenet_tf.training.run_dir import (  # noqa: F401
-    RESUMABLE_KEYS, RunDir, _completed_epochs, _truncate_history, best_so_far, check_resume, open_run,
+    RESUMABLE_KEYS, RunDir, best_so_far, check_resume, open_run,
     prepare_run_dir, previous_run_path, read_history, read_run_config, settle_previous_run,
 )
 from mobilenet_tf.training.strategy import setup  # noqa: F401

@@ -10,6 +10,7 @@ object with those fields, e.g. a ``RunOptions`` subclass).
 """
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -91,17 +92,33 @@ class _ScheduledEvaluation:
         return {f"val_{key}": value for key, value in results.items()}
 
 
+def _finite_loss(logs):
+    """False when the epoch's loss is NaN or infinite (TerminateOnNaN then stops the run)."""
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(loss)
+
+
 class _Evaluate(keras.callbacks.Callback):
     """Adds the scheduled evaluation's ``val_<key>`` results to the epoch's logs,
-    before the checkpoint and CSV callbacks read them."""
+    before the checkpoint and CSV callbacks read them; an epoch whose loss is not
+    finite is not evaluated (the run stops)."""
 
     def __init__(self, evaluation):
         super().__init__()
         self._evaluation = evaluation
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
+        if logs is not None and _finite_loss(logs):
             logs.update(self._evaluation(self.model, epoch))
+
+
+class _Checkpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` (per epoch) that keeps the previous file when the epoch's
+    loss is not finite: last.weights.h5 stays the last good epoch's weights."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite_loss(logs):
+            super().on_epoch_end(epoch, logs)
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
@@ -109,20 +126,23 @@ class _Backup(keras.callbacks.BackupAndRestore):
     epoch's latest.weights.h5.bkp, with their training_metadata.json) that always
     saves the *training* weights, even when ``SwapEMAWeights`` (``swap``) has put
     the EMA into the model, so it can run after every other callback. Restoring is
-    ``restore_training_state``'s job (before ``fit``), not ``on_train_begin``'s."""
+    ``restore_training_state``'s job (before ``fit``), not ``on_train_begin``'s.
+
+    The backup outlives ``fit``: a run killed after its last epoch but before its
+    outputs (metrics.json) resumes at the end instead of training again, and a run
+    stopped by a NaN loss keeps its last good epoch. ``finish_training`` deletes it
+    once the run's outputs are written."""
 
     def __init__(self, backup_dir, swap=None):
-        super().__init__(backup_dir, double_checkpoint=True)
+        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
         self._swap = swap
 
     def on_train_begin(self, logs=None):
         pass
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            return  # keep the last good backup (TerminateOnNaN stops the run)
-        super().on_epoch_end(epoch, logs)
+        if _finite_loss(logs):  # else keep the last good backup (TerminateOnNaN stops the run)
+            super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
         # keras.callbacks.SwapEMAWeights keeps no public state; it swaps in place.
@@ -160,10 +180,9 @@ def _callbacks(run, monitor, ema, extra=(), evaluate=None, evaluate_every=1, epo
     if evaluate is not None:
         callbacks.append(_Evaluate(_ScheduledEvaluation(evaluate, evaluate_every, epochs)))
     callbacks += [
-        keras.callbacks.ModelCheckpoint(run.path("best.weights.h5"), monitor=monitor, mode="max",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=None if best == -np.inf else best),
-        keras.callbacks.ModelCheckpoint(run.path("last.weights.h5"), save_weights_only=True),
+        _Checkpoint(run.path("best.weights.h5"), monitor=monitor, mode="max", save_best_only=True,
+                    save_weights_only=True, initial_value_threshold=None if best == -np.inf else best),
+        _Checkpoint(run.path("last.weights.h5"), save_weights_only=True),
         keras.callbacks.CSVLogger(run.path("history.csv"), append=True),
         keras.callbacks.TensorBoard(run.path("logs")),
         *extra,
@@ -208,6 +227,27 @@ def _load_weights(model, path):
         os.remove(copy)
 
 
+def _intact_h5(path):
+    """True when every dataset of the HDF5 file ``path`` reads back (a kill during the
+    write leaves a file h5py cannot open or read)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: obj[()] if isinstance(obj, h5py.Dataset) else None)
+    except Exception:  # OSError, KeyError, RuntimeError ... from a torn file
+        return False
+    return True
+
+
+def finish_training(run):
+    """Delete the run's training backups (``backup/``, the FaceNet teacher's and other
+    workers' ones) once its outputs are written: the run is finished (metrics.json)."""
+    for pattern in ("backup", "*/backup", "workers/*/backup"):
+        for path in glob.glob(run.path(pattern)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def restore_training_state(model, run, steps_per_epoch, ema=False):
     """Load the newest intact training state into ``model`` (compiled, its optimizer
     built); returns the number of epochs it completed (0: a fresh start).
@@ -215,14 +255,20 @@ def restore_training_state(model, run, steps_per_epoch, ema=False):
     Candidates, newest first: ``backup/latest.weights.h5``, the previous epoch's
     ``backup/latest.weights.h5.bkp`` (double checkpointing), then
     ``last.weights.h5`` (holding the EMA in the model when ``ema``); without a
-    ``backup/`` directory (a new run, or one whose training finished) nothing is
-    restored; ``run_training`` creates ``backup/`` before the first epoch, so a run
-    killed before its first backup restarts at epoch 0 with history.csv cleared. A candidate's
-    epoch is its optimizer step count / ``steps_per_epoch`` (checked against its
-    training_metadata.json when that is readable); it is used only when history.csv
-    records every epoch before it, and history.csv is cut back to it. A file that
-    cannot be read (torn by a kill during its write) is skipped with a warning
-    naming it.
+    ``backup/`` directory (a new run) nothing is restored; ``run_training`` creates
+    ``backup/`` before the first epoch, so a run killed before its first backup
+    restarts at epoch 0 with history.csv cleared, and keeps it until the run's
+    outputs are written (``finish_training``). A candidate's epoch is its optimizer
+    step count / ``steps_per_epoch`` (checked against its training_metadata.json when
+    that is readable); it is used only when history.csv records every epoch before
+    it, and history.csv is cut back to it. A file that cannot be read (torn by a
+    kill during its write) is skipped with a warning naming it.
+
+    Raises:
+        ValueError: an intact checkpoint does not fit ``model`` (other layers or
+            shapes), or stops inside an epoch of ``steps_per_epoch`` steps (the
+            training data or ``--steps-per-epoch`` changed): resuming from it would
+            be wrong and restarting would throw its epochs away.
     """
     backup = run.path("backup")
     latest = os.path.join(backup, "latest.weights.h5")
@@ -230,24 +276,31 @@ def restore_training_state(model, run, steps_per_epoch, ema=False):
     candidates = [(latest, metadata, False), (latest + ".bkp", metadata + ".bkp", False),
                   (run.path("last.weights.h5"), None, ema)]
     if not os.path.isdir(backup):
-        return 0  # a new run, or one whose training finished (BackupAndRestore deleted its backup)
+        return 0  # a new run
     candidates = [c for c in candidates if os.path.exists(c[0])]
     recorded = _completed_epochs(run)
     variables = list(model.variables) + list(model.optimizer.variables)
     initial = _snapshot(variables)
     for weights_path, metadata_path, swapped in candidates:
+        if not _intact_h5(weights_path):
+            _warn(f"cannot restore from {weights_path}: it is damaged (likely a kill during its write). Trying "
+                  "an older checkpoint.")
+            continue
         try:
             _load_weights(model, weights_path)
-        except Exception as error:  # a torn h5 file raises OSError, KeyError or ValueError
-            _warn(f"cannot restore from {weights_path} ({type(error).__name__}: {str(error)[:200]}); it is "
-                  "damaged (likely a kill during its write). Trying an older checkpoint.")
-            continue
+        except Exception as error:  # an intact file that does not fit the model
+            raise ValueError(
+                f"{weights_path} (the interrupted run's checkpoint) does not fit the model these settings build "
+                f"({type(error).__name__}: {str(error)[:300]}). Rerun the version and settings that started the "
+                f"run to resume it, or pass --overwrite to start a new run in {run.root!r}.") from None
         steps = int(model.optimizer.iterations.numpy())
         epoch, partial = divmod(steps, steps_per_epoch)
         if partial:
-            _warn(f"{weights_path} is at step {steps}, not at the end of an epoch of {steps_per_epoch} steps; "
-                  "not resuming from it.")
-            continue
+            raise ValueError(
+                f"{weights_path} (the interrupted run's checkpoint) is at step {steps}, not at the end of an epoch "
+                f"of {steps_per_epoch} steps: the number of training examples or --steps-per-epoch changed since "
+                f"the run started. Resume with the same data and flags, or pass --overwrite to start a new run in "
+                f"{run.root!r}.")
         if metadata_path is not None and os.path.exists(metadata_path):
             try:
                 if _read_epoch(metadata_path) != epoch:
@@ -269,6 +322,19 @@ def restore_training_state(model, run, steps_per_epoch, ema=False):
     _warn(f"no intact checkpoint in {run.root}; training starts again from epoch 0 (history.csv is cleared).")
     _truncate_history(run, 0)
     return 0
+
+
+def nan_message(epoch, run):
+    """What to do after the loss became NaN in (1-based) ``epoch``; the run's files
+    hold the last good epoch (``epoch - 1``)."""
+    if epoch <= 1:
+        kept = "no epoch finished, so nothing was saved"
+    else:
+        kept = (f"the last good epoch ({epoch - 1}) is kept: its weights in {run.path('last.weights.h5')}, its "
+                f"training state in {run.path('backup')}")
+    return (f"training stopped in epoch {epoch}: the loss became NaN; {kept}. Lower the learning rate (with "
+            "--overwrite or another --output-dir) or check the data; a rerun with the same flags resumes from "
+            "the last good epoch.")
 
 
 def run_training(
@@ -338,11 +404,7 @@ def run_training(
                         verbose=options.verbose)
     losses = history.history.get("loss", [])
     if model.stop_training and losses and not math.isfinite(losses[-1]):
-        raise NaNLossError(
-            f"training stopped at epoch {len(losses)}: the loss became NaN. Lower the learning rate or check "
-            f"the data; the last good weights are in {run.path('last.weights.h5')} and the backup in "
-            f"{run.path('backup')} lets a rerun resume."
-        )
+        raise NaNLossError(nan_message(initial_epoch + len(losses), run))
     return model, read_history(run)
 
 

@@ -10,13 +10,13 @@ import glob
 import math
 import os
 import re
-import shutil
 import time
 
 import tensorflow as tf
 
 from mobilenet_tf.training import strategy as strategy_lib
-from mobilenet_tf.training.fit import NaNLossError, _assign, _per_example_loss, _ScheduledEvaluation, _snapshot, _swap_ema
+from mobilenet_tf.training.fit import (NaNLossError, _assign, _per_example_loss, _ScheduledEvaluation, _snapshot,
+                                      _swap_ema, nan_message)
 from mobilenet_tf.training.run_dir import (RunDir, _completed_epochs, _truncate_history, _warn, best_so_far,
                                            read_history, settle_previous_run)
 
@@ -162,8 +162,7 @@ def custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, s
         train_loss = total / steps_per_epoch
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
-            raise NaNLossError(f"epoch {epoch + 1}: the loss became NaN; the last checkpoint is in "
-                               f"{manager.directory}.")
+            raise NaNLossError(nan_message(epoch + 1, worker_run))
         if ema:
             _swap_ema(model, optimizer)  # evaluate and checkpoint the EMA weights, as fit does
         row = {"epoch": epoch, "loss": train_loss, "train_seconds": train_seconds}
@@ -200,5 +199,5 @@ def custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, s
               + " - ".join(f"{k}: {v:.4f}" for k, v in row.items() if k.startswith("val_")), flush=True)
     if ema:
         optimizer.finalize_variable_values(model.trainable_variables)
-    shutil.rmtree(manager.directory, ignore_errors=True)  # finished: like BackupAndRestore, drop the backup
+    # backup/ stays until the run's outputs are written (``fit.finish_training``).
     return model, read_history(worker_run)

@@ -17,7 +17,8 @@ A recipe is a ``Recipe`` subclass; the skeleton (``Recipe.main``) runs::
                   common keys (precision_policy, replicas, params, madds, epochs,
                   train_seconds, images_per_second), curves.png, the task's files
                   (``write_outputs``), model.keras + saved_model/ (``export_model``),
-                  the ``--tflite`` files, metrics.json, the ``summary`` line
+                  the ``--tflite`` files, metrics.json, then the training backups are
+                  deleted (``fit.finish_training``), the ``summary`` line
 
 ``script(RecipeClass)`` gives a recipe file its module names (``Config``,
 ``resolve``, ``main``, ``get_args_parser``, ``cli``); ``recipe_main`` is the
@@ -44,7 +45,7 @@ import mobilenet_tf
 from mobilenet_tf import export
 from mobilenet_tf.data import BAD_DATA, image_check
 from mobilenet_tf.training import config as config_lib, reports, run_dir, schedules, strategy as strategy_lib
-from mobilenet_tf.training.fit import NaNLossError, run_training
+from mobilenet_tf.training.fit import NaNLossError, finish_training, run_training
 from mobilenet_tf.training.multi_worker import WorkerLostError
 
 CALIBRATION_IMAGES = 100  # int8 calibration images where a recipe has no --calibration-images
@@ -334,6 +335,7 @@ class Recipe:
                                          count) for fmt in formats}
             self.evaluate_tflite(paths, deployed, metrics)
         reports.write_metrics(run, metrics)
+        finish_training(run)  # the backups kept a run killed before metrics.json from training again
         print(f"{self.summary(metrics)}  -> {run.root}")
         return metrics
 
