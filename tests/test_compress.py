@@ -33,7 +33,7 @@ def _trained_v3(size=48, classes=10, steps=120):
     return model, float(np.mean(np.argmax(model.predict(images, verbose=0), -1) == labels.numpy()))
 
 
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=196)
 def test_cli_compresses_a_keras_3_v3_model_with_prune_cluster_qat(tmp_path):
     """`mobilenet-tf compress model.keras --prune --clusters --qat`: V3's h-swish, SE and
     Rescaling through TFMOT under tf_keras in a child process, and back to Keras 3."""

@@ -31,7 +31,7 @@ LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", s
          "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "3", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=86)
 def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
