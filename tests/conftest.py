@@ -96,6 +96,13 @@ def run_recipe_in_process(script, *args):
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def run_refusal(script, *args):
+    """A recipe command line expected to be refused: in this process, or in a fresh one
+    when it sets up logical CPU devices (possible only before TensorFlow starts)."""
+    run = run_script if "--num-cpu-devices" in args else run_recipe_in_process
+    return run(script, *args)
+
+
 def h5_arrays(path):
     """Every dataset of an HDF5 file (e.g. a .weights.h5), in file order, as numpy arrays."""
     import h5py

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_metrics, run_recipe_in_process, run_script
+from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import facenet
@@ -127,8 +127,7 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=16).save(tmp_path / "teacher.keras")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    run = recipe if "--num-cpu-devices" in args else in_process  # logical devices: before TensorFlow starts
-    proc = run(*args, "--output-dir", str(tmp_path / "run"))
+    proc = run_refusal("recipes/facenet_distill.py", *args, "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_script
+from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal, run_script
 
 TINY = ["--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
         "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
@@ -154,8 +154,8 @@ def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
     (["--calibration-images", "0"], "`--calibration-images` must be >= 1"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    run = recipe if "--num-cpu-devices" in args else in_process  # logical devices: before TensorFlow starts
-    proc = run(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"))
+    proc = run_refusal("recipes/imagenet.py", *args, "--data-dir", str(tmp_path / "tfds"),
+                       "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "history.csv").exists()
 

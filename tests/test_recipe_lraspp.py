@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from conftest import read_metrics, run_recipe_in_process, run_script
+from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.lraspp import data
@@ -92,8 +92,8 @@ def test_mirrored_on_two_cpu_devices(tmp_path):
     (["--tflite", "int4"], "`--tflite` formats"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    run = recipe if "--num-cpu-devices" in args else in_process  # logical devices: before TensorFlow starts
-    proc = run(*args, "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "run"))
+    proc = run_refusal("recipes/lraspp_cityscapes.py", *args, "--data-dir", str(tmp_path / "tfds"),
+                       "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 

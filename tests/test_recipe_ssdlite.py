@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import read_metrics, run_recipe_in_process, run_script
+from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
@@ -144,8 +144,7 @@ def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     (["--dataset", "synthetic", "--data-dir", "somewhere"], "drop --data-dir to train on synthetic data"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    run = recipe if "--num-cpu-devices" in args else in_process  # logical devices: before TensorFlow starts
-    proc = run(*args, "--output-dir", str(tmp_path / "run"))
+    proc = run_refusal("recipes/ssdlite_coco.py", *args, "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 

@@ -11,7 +11,6 @@ functions read its fields of the same names.
 
 import json
 import os
-import shutil
 
 import numpy as np
 
@@ -71,7 +70,6 @@ def train_teacher(config, train, pairs, directory, train_embedding, chief=True):
         partial = os.path.join(directory, "teacher.partial.keras")  # a kill mid-save leaves no torn teacher.keras
         teacher.save(partial)
         os.replace(partial, saved)
-        shutil.rmtree(os.path.join(directory, "backup"), ignore_errors=True)  # teacher.keras now marks it done
     return teacher
 
 

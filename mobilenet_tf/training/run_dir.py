@@ -42,9 +42,8 @@ def _has_saved_epoch(output_dir):
     """True once a run directory holds something worth keeping: a finished run
     (metrics.json), an epoch's backup (BackupAndRestore's or the multi-worker loop's
     CheckpointManager's), the FaceNet recipe's teacher or a teacher epoch."""
-    names = ("metrics.json", "backup/training_metadata.json", "backup/training_metadata.json.bkp",
-             "backup/checkpoint", "teacher/teacher.keras", "teacher/backup/training_metadata.json",
-             "teacher/backup/training_metadata.json.bkp", "teacher/backup/checkpoint")
+    backups = ("backup/training_metadata.json", "backup/training_metadata.json.bkp", "backup/checkpoint")
+    names = ("metrics.json", "teacher/teacher.keras", *backups, *(f"teacher/{name}" for name in backups))
     return any(os.path.exists(os.path.join(output_dir, name)) for name in names)
 
 
