@@ -28,7 +28,7 @@ import tensorflow as tf
 import mobilenet_tf
 from mobilenet_tf import _keras, compress, export, weights
 from mobilenet_tf.data import classification
-from mobilenet_tf.training import config as config_lib, recipe, reports, run_dir, schedules
+from mobilenet_tf.training import config as config_lib, recipe, reports, run_dir, schedules, strategy as strategy_lib
 from mobilenet_tf.training.config import field
 
 keras = _keras.keras
@@ -60,7 +60,7 @@ class Config:
     qat_steps: int = field(60, "quantization-aware fine-tuning steps")
     calibration_images: int = field(200, "post-training int8 (--no-qat): training images to calibrate on")
     seed: int = field(0, "random seed")
-    deterministic: bool = field(False, "deterministic ops and input order (slower)")
+    deterministic: bool = field(False, "deterministic ops, input order and one inter-op thread (slower)")
     output_dir: str = field("runs/compress", "run directory")
     overwrite: bool = field(False, "replace a finished run in --output-dir")
 
@@ -141,9 +141,10 @@ def main(config):
     the stages' .tflite files and compressed.npz to ``config.output_dir``."""
     config = resolve(config)
     compress.require_legacy_keras()
-    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        strategy_lib.enable_determinism(config.seed)
+    else:
+        keras.utils.set_random_seed(config.seed)
     train_ds, images, labels = load_data(config)
     run = run_dir.prepare_run_dir(config.output_dir, config.overwrite)
     config_lib.save_config(config, run.path("config.json"))

@@ -187,7 +187,8 @@ class SSDLiteCOCO(recipe.Recipe):
         out = {key: value.numpy() for key, value in self.evaluator.detector(model)(images).items()}
         visualize.save_grid(np.asarray(images), {key: np.asarray(info[key]) for key in ("boxes", "classes", "valid")},
                             out, self.val_split.class_names, run.path("detections.png"), self.config.display_threshold)
-        deploy.save_detector(model, run.path("detector"), activation=self.activation)
+        if self.config.saved_model:
+            deploy.save_detector(model, run.path("detector"), activation=self.activation)
 
     def calibration_images(self, split, count):
         shuffled = recipe.shuffled_split(split, count, self.config.seed, buffer=self.config.shuffle_buffer)

@@ -13,7 +13,7 @@ from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import facenet
 from mobilenet_tf.heads.facenet import data
 
-TINY = ["--input-size", "32", "--alpha", "0.25", "--teacher-alpha", "0.25", "--epochs", "1", "--teacher-epochs", "1",
+TINY = ["--no-saved-model", "--input-size", "32", "--alpha", "0.25", "--teacher-alpha", "0.25", "--epochs", "1", "--teacher-epochs", "1",
         "--steps-per-epoch", "2", "--identities-per-batch", "4", "--images-per-identity", "2", "--verbose", "2"]
 
 

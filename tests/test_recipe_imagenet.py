@@ -10,7 +10,7 @@ import pytest
 
 from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal, run_script
 
-TINY = ["--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
+TINY = ["--no-saved-model", "--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
         "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
 
 
@@ -63,7 +63,7 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
 def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     # The preset's 3840 training images (half of them: top-1 0.784), 500 evaluation images.
     proc = recipe("--model", "shufflenet_v2_x0_5", "--synthetic-eval-examples", "500", "--deterministic",
-                  "--output-dir", str(tmp_path / "run"))
+                  "--no-saved-model", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
     # measured 0.938; the no-flag preset: 0.977

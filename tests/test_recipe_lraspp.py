@@ -9,7 +9,7 @@ from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.lraspp import data
 
-TINY = ["--alpha", "0.35", "--crop-size", "64", "--eval-height", "64", "--eval-width", "64",
+TINY = ["--no-saved-model", "--alpha", "0.35", "--crop-size", "64", "--eval-height", "64", "--eval-width", "64",
         "--synthetic-train-examples", "64", "--synthetic-eval-examples", "16", "--global-batch-size", "8",
         "--verbose", "2"]
 

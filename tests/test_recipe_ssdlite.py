@@ -12,7 +12,7 @@ from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
 
-TINY = ["--alpha", "0.35", "--input-size", "96", "--synthetic-train-examples", "64", "--synthetic-eval-examples",
+TINY = ["--no-saved-model", "--alpha", "0.35", "--input-size", "96", "--synthetic-train-examples", "64", "--synthetic-eval-examples",
         "16", "--global-batch-size", "8", "--verbose", "2"]
 
 
@@ -30,23 +30,23 @@ def _eval_images(n=8, size=160):
     return next(iter(ds))[0].numpy()
 
 
-# The learning run: the no-flag preset (2000 scenes x 6 epochs at 160 px) evaluated after
-# its last epoch only, with seeds and TensorFlow op determinism. It is NOT yet
-# deterministic: make_train_pipeline calls data.augment without its seed, so its random
-# ops take op seeds from the graph's op counter; runs of one commit measured AP50
-# from 0.566 to 0.699 over five runs, AP 0.342-0.425 (bars: AP50 >= 0.5, AP >= 0.2; a 20%
-# margin needs >= 0.6 / >= 0.24). Passing the pipeline's seed to augment is the fix.
-LEARN = ["--eval-every", "6", "--deterministic"]
-EPOCHS = 6
+# The learning run: the no-flag preset (2000 scenes at 160 px) for 4 epochs instead of 6,
+# evaluated after its last epoch only, seeded (augmentation included) and deterministic
+# (``strategy.enable_determinism``). Measured: 4 epochs AP50 0.668, AP 0.372; 3 epochs
+# 0.542 / 0.270 (below the margin); 6 epochs, two runs side by side, 0.765 / 0.458 and
+# 0.774 / 0.469 (they drift apart in the last digits after the first epoch). Bars: AP50
+# >= 0.5, AP >= 0.2; a 20% margin needs >= 0.6 / >= 0.24.
+LEARN = ["--epochs", "4", "--eval-every", "4", "--deterministic"]
+EPOCHS = 4
 
 
-@pytest.mark.slow(seconds=323)
+@pytest.mark.slow(seconds=250)
 def test_synthetic_preset_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured AP50 0.566-0.699, AP 0.342-0.425
+    assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured AP50 0.668, AP 0.372
     assert metrics["epochs"] == EPOCHS and metrics["backbone"] == "v3_small" and metrics["eval_images"] == 200
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "detections.png", "model.keras",
                  "saved_model", "detector", "detector_fp32.tflite", "detector_int8.tflite"):

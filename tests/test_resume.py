@@ -294,3 +294,39 @@ def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     assert len(chief_weights) == len(other) > 100
     assert all(np.array_equal(a, b) for a, b in zip(chief_weights, other))
     assert read_metrics(run_dir)["epochs"] == 3
+
+
+def test_scheduled_evaluation_skips_epochs_and_needs_no_first_pass_when_keys_are_named():
+    def evaluate(model):
+        calls.append(model)
+        return {"score": float(model)}
+
+    def run(evaluation, epochs):
+        return [evaluation(epoch, epoch) for epoch in range(epochs)]
+
+    calls = []
+    logs = run(fit._ScheduledEvaluation(evaluate, every=3, epochs=7), 7)
+    assert calls == [0, 2, 5, 6]  # the first (to learn the keys), every 3rd, the last
+    assert logs[2] == {"val_score": 2.0} and np.isnan(logs[1]["val_score"]) and np.isnan(logs[3]["val_score"])
+    calls.clear()
+    evaluate.result_keys = ("score",)
+    logs = run(fit._ScheduledEvaluation(evaluate, every=3, epochs=7), 7)
+    assert calls == [2, 5, 6] and np.isnan(logs[0]["val_score"]) and logs[6] == {"val_score": 6.0}
+    assert list(run(fit._ScheduledEvaluation(evaluate, every=1, epochs=2), 2)[0]) == ["val_score"]
+
+
+def test_best_checkpoint_ignores_epochs_that_were_not_evaluated(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "best.weights.h5"
+    checkpoint = fit._Checkpoint(str(path), monitor="val_score", mode="max", save_best_only=True,
+                                 save_weights_only=True)
+    checkpoint.set_model(model)
+    saved = []
+    for epoch, score in enumerate([float("nan"), 0.5, float("nan"), 0.4, 0.7]):
+        model.layers[0].bias.assign([float(epoch)])
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_score": score})
+        if path.exists():
+            probe = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+            probe.load_weights(path)
+            saved.append(float(probe.layers[0].bias.numpy()[0]))
+    assert saved == [1.0, 1.0, 1.0, 4.0]  # the NaN epoch 0 never saved; 0.4 is no improvement on 0.5

@@ -25,6 +25,8 @@ class Evaluator:
     it instead of a second pass (``final_matrix``).
     """
 
+    result_keys = ("miou", "pixel_accuracy")  # what a call returns (``fit`` logs val_<key>)
+
     def __init__(self, model, num_classes, val_ds):
         self.model = model
         self.confusion = seg_metrics.ConfusionMatrix(self.model, num_classes)
@@ -44,4 +46,4 @@ class Evaluator:
 
     def __call__(self, trained):
         results = seg_metrics.scores(self.matrix(trained))
-        return {"miou": results["miou"], "pixel_accuracy": results["pixel_accuracy"]}
+        return {key: results[key] for key in self.result_keys}

@@ -255,7 +255,7 @@ def make_train_pipeline(split, anchors, *, input_size, batch_size, zoom_out=Fals
 
     def prepare(image, objects):
         image, boxes, classes, valid = augment(image, objects, split.num_classes, input_size, zoom_out=zoom_out,
-                                               jitter=jitter)
+                                               jitter=jitter, seed=seed)
         return image, encode_targets(boxes, classes, valid, anchors, max_boxes)
 
     return batched(split.dataset, prepare, training=True, batch_size=batch_size, num_examples=split.num_examples,

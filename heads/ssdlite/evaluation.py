@@ -19,6 +19,8 @@ class COCOEvaluator:
         activation: "sigmoid" (focal loss) or "softmax" class scores.
     """
 
+    result_keys = ("map", "map50", "map75")  # what a call returns (``fit`` logs val_<key>)
+
     def __init__(self, split, eval_ds, activation="sigmoid"):
         self.split, self.eval_ds, self.activation = split, eval_ds, activation
         images, self.dropped_boxes = data.ground_truth_images(eval_ds)
@@ -48,8 +50,7 @@ class COCOEvaluator:
         results = self.detect(model)
         self.last = (coco_eval.evaluate(self.ground_truth, results), results)
         # None (no ground truth at all) becomes NaN: never "best", a gap in the curves.
-        return {key: float("nan") if self.last[0][key] is None else self.last[0][key]
-                for key in ("map", "map50", "map75")}
+        return {key: float("nan") if self.last[0][key] is None else self.last[0][key] for key in self.result_keys}
 
     def final(self, model):
         """(results, detections) of the last evaluation, evaluated now when this process

@@ -164,6 +164,8 @@ class RunOptions:
     strict_data: bool = field(False, "stop before training at the first unreadable image of a folder dataset; "
                                      "without it such images are skipped and listed in skipped_files.txt")
     eval_only: bool = field(False, "only evaluate --weights")
+    saved_model: bool = field(True, "also export TensorFlow SavedModels (saved_model/, and a detector's "
+                                    "detector/) beside model.keras")
     seed: int = field(0, "random seed")
-    deterministic: bool = field(False, "deterministic ops and input order (slower)")
+    deterministic: bool = field(False, "deterministic ops, input order and one inter-op thread (slower)")
     verbose: str = field("auto", "Keras progress: auto (one line per epoch when not a TTY) | 0 | 1 | 2")

@@ -75,13 +75,16 @@ class _EpochTimer(keras.callbacks.Callback):
 
 
 class _ScheduledEvaluation:
-    """``evaluate(model)`` on the first epoch of the process, every ``every``-th epoch
-    and the last; other epochs give NaN for its keys (never "best", gaps in the
-    curves). Returns the results as ``val_<key>``; used by both training loops."""
+    """``evaluate(model)`` every ``every``-th epoch and on the last; other epochs give
+    NaN for its keys (never "best", gaps in the curves). The keys are
+    ``evaluate.result_keys`` where it names them, else learnt by evaluating the first
+    epoch of the process too. Returns the results as ``val_<key>``; used by both
+    training loops."""
 
     def __init__(self, evaluate, every, epochs):
         self._evaluate, self._every, self._epochs = evaluate, every, epochs
-        self._keys = None
+        keys = getattr(evaluate, "result_keys", None)
+        self._keys = list(keys) if keys is not None else None
 
     def __call__(self, model, epoch):
         if self._keys is None or (epoch + 1) % self._every == 0 or epoch + 1 == self._epochs:
@@ -114,10 +117,14 @@ class _Evaluate(keras.callbacks.Callback):
 
 class _Checkpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` (per epoch) that keeps the previous file when the epoch's
-    loss is not finite: last.weights.h5 stays the last good epoch's weights."""
+    loss is not finite (last.weights.h5 stays the last good epoch's weights) and, for
+    the best file, when the monitored value is NaN (an epoch the scheduled evaluation
+    skipped: Keras would save it as the first "best" and then never beat NaN)."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if _finite_loss(logs):
+        monitored = (logs or {}).get(self.monitor)
+        skipped = self.save_best_only and isinstance(monitored, (float, np.floating)) and math.isnan(monitored)
+        if _finite_loss(logs) and not skipped:
             super().on_epoch_end(epoch, logs)
 
 
@@ -372,8 +379,9 @@ def run_training(
             ``val_<name>`` and may be the ``monitor``. For metrics a Keras metric
             cannot compute on a batch: full-resolution mIoU, COCO mAP, LFW
             verification.
-        evaluate_every: run ``evaluate`` every N epochs (and on the last, and
-            the first of a process); other epochs log NaN for its keys.
+        evaluate_every: run ``evaluate`` every N epochs and on the last (and on
+            the first of a process, unless ``evaluate.result_keys`` names its
+            keys); other epochs log NaN for its keys.
 
     Raises:
         NaNLossError: the loss became NaN (the last good checkpoint stays on disk).

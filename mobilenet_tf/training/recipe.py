@@ -16,8 +16,8 @@ A recipe is a ``Recipe`` subclass; the skeleton (``Recipe.main``) runs::
     outputs       chief only (other workers return {}): ``final_metrics`` plus the
                   common keys (precision_policy, replicas, params, madds, epochs,
                   train_seconds, images_per_second), curves.png, the task's files
-                  (``write_outputs``), model.keras + saved_model/ (``export_model``),
-                  the ``--tflite`` files, metrics.json, then the training backups are
+                  (``write_outputs``), model.keras + saved_model/ (``export_model``;
+                  not with ``--no-saved-model``), the ``--tflite`` files, metrics.json, then the training backups are
                   deleted (``fit.finish_training``), the ``summary`` line
 
 ``script(RecipeClass)`` gives a recipe file its module names (``Config``,
@@ -327,7 +327,7 @@ class Recipe:
         if history:
             reports.plot_history(history, run.path("curves.png"), metric=self.plot_metric)
         self.write_outputs(model, metrics)
-        reports.export_model(deployed, run)
+        reports.export_model(deployed, run, config.saved_model)
         formats = export.parse_formats(config.tflite, self.tflite_formats)
         if formats:
             calibration, count = self.calibration_data()

@@ -35,10 +35,12 @@ def plot_history(history, path, metric="top1"):
     plt.close(fig)
 
 
-def export_model(model, run):
-    """``model.keras`` and a SavedModel (``model.export``) in the run directory."""
+def export_model(model, run, saved_model=True):
+    """``model.keras`` and, with ``saved_model``, a SavedModel (``model.export``) in the
+    run directory."""
     model.save(run.path("model.keras"))
-    model.export(run.path("saved_model"), verbose=False)
+    if saved_model:
+        model.export(run.path("saved_model"), verbose=False)
 
 
 def write_metrics(run, metrics):

@@ -105,7 +105,7 @@ def prepare_run_dir(output_dir, overwrite=False):
 RESUMABLE_KEYS = frozenset({
     "verbose", "strategy", "num_cpu_devices", "sync_batchnorm", "jit_compile", "steps_per_execution",
     "epochs", "overwrite", "eval_only", "output_dir", "data_dir", "strict_data", "check_images",
-    "tflite", "calibration_images", "eval_every", "eval_batch_size", "display_threshold",
+    "tflite", "saved_model", "calibration_images", "eval_every", "eval_batch_size", "display_threshold",
 })
 
 
