@@ -142,7 +142,7 @@ def test_alpha_and_depth_multiplier_change_width():
     assert wide.get_layer("conv_2").filters == 1280  # 1024 * 1.25, scaled only above 1
 
 
-@pytest.mark.slow(seconds=6)
+@pytest.mark.slow(seconds=10)
 def test_fit_and_evaluate_compose_like_any_keras_model():
     keras.utils.set_random_seed(0)
     model = mobilenet_tf.build("v3_small", alpha=0.75, input_shape=(32, 32, 3), classes=2, dropout_rate=0.0)

@@ -50,7 +50,7 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "v3_small_minimalistic" in proc.stdout
 
 
-@pytest.mark.slow(seconds=15)
+@pytest.mark.slow(seconds=26)
 def test_export_fp32_equals_keras_and_int8_is_smaller(tmp_path, capsys):
     import numpy as np
 
@@ -71,7 +71,7 @@ def test_export_fp32_equals_keras_and_int8_is_smaller(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "int8.tflite") * 2.5 < os.path.getsize(tmp_path / "fp32.tflite")
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=13)
 def test_bench_json_shape(capsys):
     assert cli.main(["bench", "v3_small", "--alpha", "0.35", "--resolution", "64", "--backends", "keras,tflite",
                      "--repeats", "3", "--threads", "2", "--json"]) == 0
@@ -113,7 +113,7 @@ def _no_conversion(monkeypatch):
     monkeypatch.setattr(cli, "_build", build)
 
 
-@pytest.mark.slow(seconds=6)
+@pytest.mark.slow(seconds=12)
 def test_export_refuses_an_existing_out_without_overwrite(tmp_path, capsys):
     weights = _tiny_run(tmp_path / "run")
     common = ["export", "v3_small", "--alpha", "0.35", "--resolution", "32", "--classes", "10",
@@ -148,7 +148,7 @@ def test_export_checks_the_out_path_before_converting(tmp_path, capsys, monkeypa
     assert f"no permission to write in '{tmp_path}'" in capsys.readouterr().err
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=15)
 def test_export_reads_the_recipe_config_beside_the_weights(tmp_path, capsys):
     from mobilenet_tf import export
 

@@ -33,7 +33,7 @@ def _trained_v3(size=48, classes=10, steps=120):
     return model, float(np.mean(np.argmax(model.predict(images, verbose=0), -1) == labels.numpy()))
 
 
-@pytest.mark.slow(seconds=196)
+@pytest.mark.slow(seconds=164)
 def test_cli_compresses_a_keras_3_v3_model_with_prune_cluster_qat(tmp_path):
     """`mobilenet-tf compress model.keras --prune --clusters --qat`: V3's h-swish, SE and
     Rescaling through TFMOT under tf_keras in a child process, and back to Keras 3."""
@@ -151,7 +151,7 @@ HEADS_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("head", ["facenet", "lraspp", "ssdlite"])
 def test_heads_prune_cluster_and_quantize_to_int8(head):
     r = run_legacy_keras(HEADS_SCRIPT.format(head=head), timeout=1800)
@@ -168,7 +168,7 @@ def test_heads_prune_cluster_and_quantize_to_int8(head):
     assert head == "ssdlite" or r["cosine"] > 0.98, r
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=13)
 def test_qat_names_an_unsupported_layer_and_the_fix():
     """ShuffleNet's ChannelShuffle is a custom layer TFMOT has no QuantizeConfig for."""
     r = run_legacy_keras(textwrap.dedent("""

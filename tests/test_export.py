@@ -25,7 +25,7 @@ def test_batchnorm_from_data_makes_inference_match_the_batch_statistics():
     assert all(layer.momentum == 0.99 for layer in model.layers if type(layer).__name__ == "BatchNormalization")
 
 
-@pytest.mark.slow(seconds=16)
+@pytest.mark.slow(seconds=21)
 def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp_path):
     """h-swish as (x / 6) * ReLU6(x + 3): no HARD_SWISH op in int8 (XNNPACK has no int8
     kernel for it), so the int8 graph is split into no more partitions than fp32's;
@@ -58,7 +58,7 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     assert isinstance(fused_named.output, dict) and set(fused_named.output) == {"features", "logits"}
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=11)
 def test_litert_and_tensorflow_interpreters_agree(tmp_path):
     model = mobilenet_tf.build("v2", alpha=0.35, input_shape=(64, 64, 3), classes=5, classifier_activation=None)
     path = export.to_tflite(model, str(tmp_path / "m.tflite"))

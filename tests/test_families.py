@@ -173,7 +173,7 @@ def test_shufflenet_saves_and_reloads_without_custom_objects(tmp_path, images):
     np.testing.assert_allclose(run(restored, x), run(model, x), atol=1e-6)
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=14)
 @pytest.mark.parametrize("name", ["shufflenet_v1_g3", "shufflenet_v2_x0_5", "squeezenet1_1"])
 def test_tflite_fp32_matches_keras(name, tmp_path, images):
     model = mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10, classifier_activation=None)

@@ -13,7 +13,7 @@ SMALL = ["--model", "v1", "--alpha", "0.5", "--input-size", "48", "--train-steps
          "--deterministic"]
 
 
-@pytest.mark.slow(seconds=112)
+@pytest.mark.slow(seconds=90)
 def test_compress_pipeline_and_size_report(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("recipes/compress.py", *SMALL, "--output-dir", str(run_dir))

@@ -30,7 +30,7 @@ def in_process(*args):
 LEARN = ["--synthetic-train-examples", "1920", "--synthetic-eval-examples", "500", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=94)
+@pytest.mark.slow(seconds=93)
 def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -59,7 +59,7 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     assert read_metrics(tmp_path / "eval")["top1"] >= 0.9
 
 
-@pytest.mark.slow(seconds=68)
+@pytest.mark.slow(seconds=72)
 def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     # The preset's 3840 training images (half of them: top-1 0.784), 500 evaluation images.
     proc = recipe("--model", "shufflenet_v2_x0_5", "--synthetic-eval-examples", "500", "--deterministic",
@@ -70,7 +70,7 @@ def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
 
 
-@pytest.mark.slow(seconds=77)
+@pytest.mark.slow(seconds=46)
 def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]
@@ -94,7 +94,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 4
 
 
-@pytest.mark.slow(seconds=13)
+@pytest.mark.slow(seconds=18)
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     proc = recipe(*TINY, "--epochs", "2", "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -102,7 +102,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-@pytest.mark.slow(seconds=71)
+@pytest.mark.slow(seconds=67)
 def test_mirrored_over_two_logical_cpus(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
@@ -123,7 +123,7 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow(seconds=54)
+@pytest.mark.slow(seconds=58)
 def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run_dir = tmp_path / "run"
@@ -166,7 +166,7 @@ def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow(seconds=35)
+@pytest.mark.slow(seconds=36)
 def test_deterministic_runs_repeat_exactly(tmp_path):
     """What the learning tests rely on: with --deterministic two runs of one commit give
     the same weights and metrics, so their bars are checked against a fixed value."""

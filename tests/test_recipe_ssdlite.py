@@ -40,7 +40,7 @@ LEARN = ["--epochs", "4", "--eval-every", "4", "--deterministic"]
 EPOCHS = 4
 
 
-@pytest.mark.slow(seconds=250)
+@pytest.mark.slow(seconds=232)
 def test_synthetic_preset_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -100,7 +100,7 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
     assert read_metrics(tmp_path / "eval")["map"] == pytest.approx(max(v for v in scores if v == v), abs=1e-6)
 
 
-@pytest.mark.slow(seconds=76)
+@pytest.mark.slow(seconds=64)
 def test_mirrored_with_hard_negative_mining(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2", "--loss",
                   "hard_negative_mining", "--output-dir", str(tmp_path / "run"))
@@ -113,7 +113,7 @@ def test_mirrored_with_hard_negative_mining(tmp_path):
     assert float(row[header.index("val_map")]) == pytest.approx(metrics["map"])
 
 
-@pytest.mark.slow(seconds=49)
+@pytest.mark.slow(seconds=47)
 def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     """MultiWorkerMirroredStrategy (one worker here) takes the engine's own loop, which
     sums the two SSDLite losses per example; it trains, evaluates and checkpoints."""

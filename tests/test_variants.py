@@ -122,7 +122,7 @@ def _offered(constructor, **kwargs):
     raise AssertionError("keras.applications built a model without downloading weights")
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=12)
 def test_published_weights_equal_what_keras_applications_offers(monkeypatch):
     """Probed offline: keras.applications refuses unpublished widths and sizes before
     downloading, and a published one reaches the download (stubbed here)."""

@@ -133,7 +133,7 @@ TF_KERAS_ROUND_TRIP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=14)
 def test_weights_move_between_keras_3_and_tf_keras_by_name(tmp_path):
     model = mobilenet_tf.build("v3_small", alpha=0.5, input_shape=(32, 32, 3), classes=5)
     randomize_batchnorm(model)
