@@ -128,14 +128,14 @@ def set_precision(mixed_precision, force_on_cpu=False):
 def enable_determinism(seed):
     """Seeds (Python, NumPy, TensorFlow), op determinism, and one inter-op thread.
 
-    Op determinism alone is not enough on a CPU: a ``tf.function`` that computes the
-    gradients and applies them (``model.fit``'s train step) gave different weights run
-    to run, even for ``keras.applications.MobileNetV3Small``, while the gradients alone
-    repeated. With one inter-op thread a 63-step SSDLite epoch repeated bit for bit
-    (intra-op threads still parallelise each op); longer recipe runs can still drift in
-    the last digits (measured: AP50 0.765 vs 0.774 after 6 epochs). Call it before
-    TensorFlow initialises its devices; later the thread count cannot change, and a
-    warning says so.
+    Op determinism alone is not enough on a CPU: ``model.fit`` of SSDLite's preset in
+    two processes side by side gave losses that first differed at step 3-16, although
+    its input batches and the gradients of one step repeat bit for bit. With one
+    inter-op thread (intra-op threads still parallelise each op) the first difference
+    came at step 98-100 (with or without oneDNN), so short runs repeat exactly and
+    longer ones drift apart (6 epochs: AP50 0.765 vs 0.774); the cause of that drift
+    is not found. Call it before TensorFlow initialises its devices; later
+    the thread count cannot change, and a warning says so.
     """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
