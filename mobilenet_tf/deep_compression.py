@@ -23,7 +23,6 @@ import os
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 import mobilenet_tf
 from mobilenet_tf import _keras, compress, export, weights

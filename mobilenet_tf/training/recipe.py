@@ -17,8 +17,9 @@ A recipe is a ``Recipe`` subclass; the skeleton (``Recipe.main``) runs::
                   common keys (precision_policy, replicas, params, madds, epochs,
                   train_seconds, images_per_second), curves.png, the task's files
                   (``write_outputs``), model.keras + saved_model/ (``export_model``;
-                  not with ``--no-saved-model``), the ``--tflite`` files, metrics.json, then the training backups are
-                  deleted (``fit.finish_training``), the ``summary`` line
+                  not with ``--no-saved-model``), the ``--tflite`` files, metrics.json,
+                  then the training backups are deleted (``fit.finish_training``), the
+                  ``summary`` line
 
 ``script(RecipeClass)`` gives a recipe file its module names (``Config``,
 ``resolve``, ``main``, ``get_args_parser``, ``cli``); ``recipe_main`` is the

@@ -134,8 +134,8 @@ def enable_determinism(seed):
     inter-op thread (intra-op threads still parallelise each op) the first difference
     came at step 98-100 (with or without oneDNN), so short runs repeat exactly and
     longer ones drift apart (6 epochs: AP50 0.765 vs 0.774); the cause of that drift
-    is not found. Call it before TensorFlow initialises its devices; later
-    the thread count cannot change, and a warning says so.
+    is not found. Call it before TensorFlow initialises its devices; later the thread
+    count cannot change, and a warning says so.
     """
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -143,7 +143,7 @@ def enable_determinism(seed):
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         warnings.warn("TensorFlow was initialised before determinism was asked for, so its inter-op threads "
-                      "stay parallel: runs may differ in the last bits (start a fresh process for repeatable runs).",
+                      "stay parallel: two runs may differ (start a fresh process for repeatable runs).",
                       RuntimeWarning, stacklevel=2)
 
 
