@@ -122,7 +122,8 @@ def _compress_args(p):
     p.add_argument("--out", required=True, help="output directory (report.md, metrics.json, int8.tflite, "
                                                 "compressed.keras, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--deterministic", action="store_true", help="deterministic ops (slower)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic ops, input order and one inter-op thread (slower)")
     defaults = {f.name: f for f in dataclasses.fields(Config)}
     for name in COMPRESS_PASS_THROUGH:
         field = defaults[name]

@@ -140,10 +140,7 @@ def main(config):
     the stages' .tflite files and compressed.npz to ``config.output_dir``."""
     config = resolve(config)
     compress.require_legacy_keras()
-    if config.deterministic:
-        strategy_lib.enable_determinism(config.seed)
-    else:
-        keras.utils.set_random_seed(config.seed)
+    strategy_lib.set_seeds(config.seed, config.deterministic)
     train_ds, images, labels = load_data(config)
     run = run_dir.prepare_run_dir(config.output_dir, config.overwrite)
     config_lib.save_config(config, run.path("config.json"))

@@ -32,7 +32,7 @@ def _eval_images(n=8, size=160):
 
 # The learning run: the no-flag preset (2000 scenes at 160 px) for 4 epochs instead of 6,
 # evaluated after its last epoch only, seeded (augmentation included) and
-# ``--deterministic`` (``strategy.enable_determinism``: exact for about 100 steps, then
+# ``--deterministic`` (``strategy.set_seeds``: exact for about 100 steps, then
 # two runs drift apart a little). Measured: 4 epochs AP50 0.668, AP 0.372; 3 epochs
 # 0.542 / 0.270 (below the margin); 6 epochs, two runs side by side, 0.765 / 0.458 and
 # 0.774 / 0.469. Bars: AP50 >= 0.5, AP >= 0.2; a 20% margin needs >= 0.6 / >= 0.24.

@@ -125,8 +125,9 @@ def set_precision(mixed_precision, force_on_cpu=False):
     return policy
 
 
-def enable_determinism(seed):
-    """Seeds (Python, NumPy, TensorFlow), op determinism, and one inter-op thread.
+def set_seeds(seed, deterministic=False):
+    """Seeds (Python, NumPy, TensorFlow); with ``deterministic`` also op determinism
+    and one inter-op thread (``--deterministic``).
 
     Op determinism alone is not enough on a CPU: ``model.fit`` of SSDLite's preset in
     two processes side by side gave losses that first differed at step 3-16, although
@@ -138,6 +139,8 @@ def enable_determinism(seed):
     count cannot change, and a warning says so.
     """
     keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return
     tf.config.experimental.enable_op_determinism()
     try:
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -154,10 +157,7 @@ def setup(config):
     ``config`` needs: strategy, num_cpu_devices, global_batch_size,
     mixed_precision, force_mixed_precision, seed, deterministic.
     """
-    if config.deterministic:
-        enable_determinism(config.seed)  # before get_strategy initialises the devices
-    else:
-        keras.utils.set_random_seed(config.seed)
+    set_seeds(config.seed, config.deterministic)  # before get_strategy initialises the devices
     strategy = get_strategy(config.strategy, config.num_cpu_devices)
     per_replica_batch(config.global_batch_size, strategy)  # divisibility check
     policy = set_precision(config.mixed_precision, config.force_mixed_precision)
