@@ -5,7 +5,7 @@ comparison table.
     python benchmarks/families.py                     # all families, 2 TFLite threads
     python benchmarks/families.py --models v3_small,shufflenet_v2_x1_0 --repeats 20
 
-Keras runs as a ``tf.function`` (no XLA), TFLite fp32 through ``model.export()``
+Keras runs as a ``tf.function`` (no XLA), TFLite fp32 through ``export.to_tflite``
 with XNNPACK; both are timed in alternating rounds of one run on random input.
 """
 

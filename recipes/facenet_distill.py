@@ -138,14 +138,6 @@ class FaceNetDistill(recipe.Recipe):
         return "synthetic" if config.train_dir is None else "real data"
 
     @classmethod
-    def preset(cls, config):
-        preset = super().preset(config)
-        mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
-        if not mobilenet_tf.registry.accepts(config.backbone, "alpha"):
-            preset["alpha"] = 1.0  # the preset's width is the MobileNets'; other families have theirs in the name
-        return preset
-
-    @classmethod
     def validate(cls, config):
         mobilenet_tf.options_for(config.backbone, alpha=config.alpha)  # a width the family does not take
         if config.teacher_input_size is None:

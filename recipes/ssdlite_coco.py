@@ -44,9 +44,12 @@ REFERENCE_BATCH = 512
 COCO_DEFAULTS = dict(backbone="v3_large", input_size=320, epochs=round(400_000 * REFERENCE_BATCH / COCO_TRAIN_IMAGES),
                      global_batch_size=64, learning_rate=0.4, warmup_learning_rate=0.13333,
                      warmup_epochs=2000 * REFERENCE_BATCH / COCO_TRAIN_IMAGES, bn_momentum=ssdlite.model.BN_MOMENTUM,
-                     eval_every=10, shuffle_buffer=256)
+                     eval_every=10, shuffle_buffer=256, alpha=1.0)
 # What the synthetic default changes so that it learns on a CPU in minutes (lrs at batch 512).
-SYNTHETIC_DEFAULTS = dict(backbone="v3_small", input_size=160, epochs=6, global_batch_size=32, learning_rate=2.0,
+# Width 0.5: on these scenes it learns faster than 1.0, not only per second (6 epochs,
+# deterministic: AP 0.497 / AP50 0.797 at 0.5, AP 0.458 / AP50 0.765 at 1.0; 17-18 vs
+# 28-29 s per epoch).
+SYNTHETIC_DEFAULTS = dict(backbone="v3_small", alpha=0.5, input_size=160, epochs=6, global_batch_size=32, learning_rate=2.0,
                           warmup_learning_rate=0.2, warmup_epochs=0.5, bn_momentum=0.9, eval_every=1,
                           shuffle_buffer=1000)
 TFLITE_FORMATS = deploy.QUANTIZATIONS
@@ -60,7 +63,7 @@ class Config(config_lib.RunOptions):
     PRESETS = {"coco": COCO_DEFAULTS, "synthetic": SYNTHETIC_DEFAULTS}
 
     backbone: Optional[str] = field(None, "v2 | v3_large | v3_small")
-    alpha: float = field(1.0, "backbone width multiplier")
+    alpha: Optional[float] = field(None, "backbone width multiplier")
     reduced_tail: Optional[bool] = field(None, "halve the last stage (the V3 paper's dagger rows)",
                                            default_text="yes for V3")
     dataset: Optional[str] = field(None, "synthetic | coco/2017 | coco/2014",

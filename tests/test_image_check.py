@@ -261,7 +261,7 @@ def _recipe_folder(root):
     return root
 
 
-RECIPE_TINY = ["--no-saved-model", "--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--epochs", "1",
+RECIPE_TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-size", "32", "--epochs", "1",
                "--global-batch-size", "8", "--steps-per-epoch", "2", "--verbose", "2"]
 
 

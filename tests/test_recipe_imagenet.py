@@ -1,4 +1,4 @@
-"""`python recipes/imagenet.py` end to end: learning, resume, NaN guard, distribution."""
+"""`python recipes/imagenet.py` end to end: learning, resume, distribution (the NaN guard: test_resume)."""
 
 import json
 import signal
@@ -10,7 +10,9 @@ import pytest
 
 from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal, run_script
 
-TINY = ["--no-saved-model", "--model", "v3_small", "--alpha", "0.35", "--image-size", "32", "--synthetic-train-examples", "512",
+# The mechanics tests' run: V1 (27 layers) traces and starts in about two thirds of
+# V3-Small's time; what they test does not depend on the architecture.
+TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-size", "32", "--synthetic-train-examples", "512",
         "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
 
 
@@ -92,14 +94,6 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     epochs = [int(line.split(",")[0]) for line in history.read_text().strip().splitlines()[1:]]
     assert epochs == [0, 1, 2, 3]  # continued, not restarted
     assert read_metrics(run_dir)["epochs"] == 4
-
-
-@pytest.mark.slow(seconds=18)
-def test_nan_loss_stops_with_a_clear_message(tmp_path):
-    proc = recipe(*TINY, "--epochs", "2", "--learning-rate", "1e12", "--output-dir", str(tmp_path / "run"))
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "loss became NaN" in proc.stderr and "resume" in proc.stderr
-    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.slow(seconds=67)

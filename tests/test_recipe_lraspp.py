@@ -9,7 +9,7 @@ from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.lraspp import data
 
-TINY = ["--no-saved-model", "--alpha", "0.35", "--crop-size", "64", "--eval-height", "64", "--eval-width", "64",
+TINY = ["--no-saved-model", "--backbone", "v1", "--alpha", "0.25", "--crop-size", "64", "--eval-height", "64", "--eval-width", "64",
         "--synthetic-train-examples", "64", "--synthetic-eval-examples", "16", "--global-batch-size", "8",
         "--verbose", "2"]
 
@@ -24,11 +24,12 @@ def in_process(*args):
 
 
 # The learning run: smaller than the no-flag preset (128 px crops, 1600 scenes x 4 epochs;
-# mIoU 0.942 measured), seeded and with TensorFlow op determinism, so a commit scores the
-# same every time on one machine; its mIoU clears the 0.6 bar by >= 20% of it (>= 0.72).
+# mIoU 0.942 measured): 96 px, 800 scenes x 2 epochs (3 epochs: 0.9065), seeded and with
+# TensorFlow op determinism, so a commit scores the same every time on one machine; its
+# mIoU clears the 0.6 bar by >= 20% of it (>= 0.72).
 SIZE = 96
 LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", str(SIZE),
-         "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "3", "--deterministic"]
+         "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "2", "--deterministic"]
 
 
 @pytest.mark.slow(seconds=82)
@@ -37,15 +38,15 @@ def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["miou"] >= 0.6, metrics  # measured 0.9065
+    assert metrics["miou"] >= 0.6, metrics  # measured 0.8895
     assert metrics["pixel_accuracy"] > metrics["per_class_iou"]["background"] * 0.5
     assert set(metrics["per_class_iou"]) == set(data.synthetic_split(False, 1, 32).class_names)
-    assert metrics["epochs"] == 3 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
+    assert metrics["epochs"] == 2 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "predictions.png", "model.keras",
                  "saved_model", "model_fp32.tflite", "model_int8.tflite"):
         assert (run_dir / name).exists(), name
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert "val_miou" in history[0] and len(history) == 4
+    assert "val_miou" in history[0] and len(history) == 3
 
     # TFLite: fp32 logits equal Keras'; int8 predicts the same class on >= 95% of pixels.
     model = keras.models.load_model(run_dir / "model.keras")

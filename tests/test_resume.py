@@ -225,9 +225,12 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     first = recipe(*args, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     old = read_metrics(run_dir)
-    # A replacement that fails (NaN in its first epoch) puts the old run back.
-    nan = recipe(*args, "--overwrite", "--learning-rate", "1e12", "--steps-per-epoch", "16", timeout=600)
+    # A replacement that fails (NaN in its first epoch) puts the old run back. (V3-Small:
+    # V1's ReLUs die at this learning rate and its loss stays finite.)
+    nan = recipe(*args, "--overwrite", "--model", "v3_small", "--alpha", "0.35", "--learning-rate", "1e12",
+                 "--steps-per-epoch", "16", timeout=600)
     assert nan.returncode == 1 and "loss became NaN" in nan.stderr, nan.stderr[-3000:]
+    assert "no epoch finished" in nan.stderr and "a rerun with the same flags resumes" in nan.stderr
     assert f"moved the run in {run_dir} to {run_dir}.previous" in nan.stdout
     assert "the previous run is back" in nan.stderr and read_metrics(run_dir) == old
     assert not (tmp_path / "run.previous").exists()

@@ -10,10 +10,8 @@ it), so the TFLite file uses the custom op ``TFLite_Detection_PostProcess``, whi
 every TFLite runtime registers. As in the TF Object Detection API
 (``export_tflite_graph_lib_tf2``), the graph calls an empty ``tf.function`` whose
 ``experimental_implements`` names the op and its attributes; the converter swaps
-the call for the op. It needs the SavedModel path (``keras.export.ExportArchive``,
-what ``model.export()`` uses): ``from_concrete_functions`` inlines the empty body,
-and ``tf.saved_model.save`` of a module holding a Keras 3 model leaves the weights
-unfrozen (NaN outputs).
+the call for the op. It needs the SavedModel path (``export.save_function``):
+``from_concrete_functions`` inlines the empty body.
 
 What the op imposes, and how it is met here:
 - batch size 1 only: the TFLite input is (1, S, S, 3);
@@ -37,7 +35,6 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf import export
-from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.ssdlite import box_coder, model as model_lib, postprocess
 
 # The quantizations a detector file takes (names of export.QUANTIZATIONS; None and
@@ -53,20 +50,12 @@ FLOAT_ONLY_OPS = ["LOGISTIC", "SOFTMAX", "UNPACK", "PACK", "LOG", "EXP", "MINIMU
                   "CONCATENATION", "SELECT_V2", "SELECT"]
 
 
-def _export_archive(model, fn, input_spec, path):
-    """SavedModel of ``fn`` (serving_default) tracking ``model``'s weights."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", fn, input_signature=[input_spec])
-    archive.write_out(path, verbose=False)
-
-
 def save_detector(model, path, score_threshold=1e-8, activation="sigmoid"):
     """SavedModel: "images" (B, S, S, 3) float32 in [0, 255] -> boxes, scores, classes,
     num_detections (``postprocess`` with ``combined_non_max_suppression``)."""
     detector = postprocess.build_inference_model(model, score_threshold, activation)
-    _export_archive(model, detector._postprocessed,
-                    tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"), path)
+    export.save_function(model, detector._postprocessed,
+                         tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="images"), path)
     return path
 
 
@@ -163,7 +152,7 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
     graph = _TFLiteGraph(model, score_threshold, activation)
     calibration = export.calibration_generator(representative_images, calibration_steps)
     with tempfile.TemporaryDirectory() as saved_model:
-        _export_archive(model, graph, graph.input_spec, saved_model)
+        export.save_function(model, graph, graph.input_spec, saved_model)
         flatbuffer = tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
         if quantization == "int8":
             # Calibrate with the converter, then re-quantize with the postprocess tensors

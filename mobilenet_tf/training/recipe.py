@@ -171,8 +171,14 @@ class Recipe:
 
     @classmethod
     def preset(cls, config):
-        """{field: value} filling the None fields of ``config``."""
-        return dict(cls.Config.PRESETS[cls.preset_label(config)])
+        """{field: value} filling the None fields of ``config``. A preset's ``alpha`` is
+        the MobileNets' width: a ``backbone`` without a width multiplier gets 1.0 (an
+        unknown name is refused here, naming the registry's)."""
+        preset = dict(cls.Config.PRESETS[cls.preset_label(config)])
+        backbone = getattr(config, "backbone", None) or preset.get("backbone")
+        if "alpha" in preset and backbone and not mobilenet_tf.registry.accepts(backbone, "alpha"):
+            preset["alpha"] = 1.0  # other families have their width in the name
+        return preset
 
     @classmethod
     def validate(cls, config):
