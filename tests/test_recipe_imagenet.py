@@ -72,7 +72,7 @@ def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
 
 
-@pytest.mark.slow(seconds=46)
+@pytest.mark.slow(seconds=37)
 def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]
@@ -96,7 +96,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 4
 
 
-@pytest.mark.slow(seconds=67)
+@pytest.mark.slow(seconds=47)
 def test_mirrored_over_two_logical_cpus(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))

@@ -32,7 +32,7 @@ LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", s
          "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "2", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=82)
+@pytest.mark.slow(seconds=88)
 def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -66,7 +66,7 @@ def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
         float(line.split(",")[history[0].split(",").index("val_miou")]) for line in history[1:]), abs=1e-4)
 
 
-@pytest.mark.slow(seconds=41)
+@pytest.mark.slow(seconds=37)
 def test_mirrored_on_two_cpu_devices(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))

@@ -39,7 +39,7 @@ LEARN = ["--epochs", "3", "--eval-every", "3", "--deterministic"]
 EPOCHS = 3
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow(seconds=183)
 def test_synthetic_preset_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -99,7 +99,7 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
     assert read_metrics(tmp_path / "eval")["map"] == pytest.approx(max(v for v in scores if v == v), abs=1e-6)
 
 
-@pytest.mark.slow(seconds=64)
+@pytest.mark.slow(seconds=58)
 def test_mirrored_with_hard_negative_mining(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2", "--loss",
                   "hard_negative_mining", "--output-dir", str(tmp_path / "run"))

@@ -217,7 +217,7 @@ def recipe(*args, **kwargs):
     return run_script("recipes/imagenet.py", *args, **kwargs)
 
 
-@pytest.mark.slow(seconds=78)
+@pytest.mark.slow(seconds=64)
 def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--synthetic-eval-examples", "32",
@@ -252,7 +252,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 2 and not (tmp_path / "run.previous").exists()
 
 
-@pytest.mark.slow(seconds=88)
+@pytest.mark.slow(seconds=71)
 def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run_dir = tmp_path / "run"
