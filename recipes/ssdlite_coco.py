@@ -49,9 +49,9 @@ COCO_DEFAULTS = dict(backbone="v3_large", input_size=320, epochs=round(400_000 *
 # Width 0.5: on these scenes it learns faster than 1.0, not only per second (6 epochs,
 # deterministic: AP 0.497 / AP50 0.797 at 0.5, AP 0.458 / AP50 0.765 at 1.0; 17-18 vs
 # 28-29 s per epoch).
-SYNTHETIC_DEFAULTS = dict(backbone="v3_small", alpha=0.5, input_size=160, epochs=6, global_batch_size=32, learning_rate=2.0,
-                          warmup_learning_rate=0.2, warmup_epochs=0.5, bn_momentum=0.9, eval_every=1,
-                          shuffle_buffer=1000)
+SYNTHETIC_DEFAULTS = dict(backbone="v3_small", alpha=0.5, input_size=160, epochs=6, global_batch_size=32,
+                          learning_rate=2.0, warmup_learning_rate=0.2, warmup_epochs=0.5, bn_momentum=0.9,
+                          eval_every=1, shuffle_buffer=1000)
 TFLITE_FORMATS = deploy.QUANTIZATIONS
 
 

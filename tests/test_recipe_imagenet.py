@@ -12,8 +12,9 @@ from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal
 
 # The mechanics tests' run: V1 (27 layers) traces and starts in about two thirds of
 # V3-Small's time; what they test does not depend on the architecture.
-TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-size", "32", "--synthetic-train-examples", "512",
-        "--synthetic-eval-examples", "64", "--global-batch-size", "32", "--verbose", "2"]
+TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-size", "32",
+        "--synthetic-train-examples", "512", "--synthetic-eval-examples", "64", "--global-batch-size", "32",
+        "--verbose", "2"]
 
 
 def recipe(*args, **kwargs):
