@@ -10,8 +10,8 @@ from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.lraspp import data
 
 TINY = ["--no-saved-model", "--backbone", "v1", "--alpha", "0.25", "--crop-size", "64", "--eval-height", "64",
-        "--eval-width", "64", "--synthetic-train-examples", "64", "--synthetic-eval-examples", "16", "--global-batch-size", "8",
-        "--verbose", "2"]
+        "--eval-width", "64", "--synthetic-train-examples", "64", "--synthetic-eval-examples", "16",
+        "--global-batch-size", "8", "--verbose", "2"]
 
 
 def recipe(*args, **kwargs):
