@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import unittest.mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite runs two xdist workers on two cores, each often waiting on a recipe in a child
@@ -77,10 +78,12 @@ _RECIPES = {}
 
 
 def run_recipe_in_process(script, *args):
-    """Run ``recipes/<script>``'s command line in this process (for refusals, which stop
-    before training: no subprocess start-up); a ``CompletedProcess`` with the exit code
-    and the captured stdout / stderr, like ``run_script``'s. Exceptions other than
-    ``SystemExit`` propagate (a traceback fails the test)."""
+    """Run ``recipes/<script>``'s command line in this process: no interpreter and
+    TensorFlow start-up (about 6 s a run in the suite). For refusals and for runs that need
+    no fresh process (not: logical CPU devices, a kill, several workers, ``--deterministic``,
+    which stays on for the process). A ``CompletedProcess`` with the exit code and the
+    captured stdout / stderr, like ``run_script``'s. Exceptions other than ``SystemExit``
+    propagate (a traceback fails the test)."""
     if script not in _RECIPES:
         spec = importlib.util.spec_from_file_location(f"recipe_{pathlib.Path(script).stem}", ROOT / script)
         module = importlib.util.module_from_spec(spec)
@@ -88,7 +91,8 @@ def run_recipe_in_process(script, *args):
         _RECIPES[script] = module
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            unittest.mock.patch.object(sys, "argv", [str(ROOT / script), *args]):  # messages name the script
         try:
             _RECIPES[script].cli(list(args))
         except SystemExit as exit_:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_recipe_in_process
 from mobilenet_tf.data import classification, image_check
 from mobilenet_tf.heads.facenet import data as face_data
 from mobilenet_tf.heads.lraspp import data as seg_data
@@ -269,8 +269,8 @@ RECIPE_TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-
 def test_imagenet_recipe_skips_bad_files_and_lists_them(tmp_path, cache_dir):
     data = _recipe_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
-    proc = run_script("recipes/imagenet.py", "--dataset", "folder", "--train-dir", str(data), *RECIPE_TINY,
-                      "--output-dir", str(run_dir), env={image_check.CACHE_ENV: str(cache_dir)}, timeout=900)
+    proc = run_recipe_in_process("recipes/imagenet.py", "--dataset", "folder", "--train-dir", str(data),
+                                 *RECIPE_TINY, "--output-dir", str(run_dir))  # cache_dir: set in the environment
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     listing = run_dir / image_check.SKIPPED_FILE
     assert f"image check: 3 of 21 files unreadable, skipped; listed in {listing}" in proc.stdout
@@ -281,9 +281,8 @@ def test_imagenet_recipe_skips_bad_files_and_lists_them(tmp_path, cache_dir):
 
 def test_imagenet_recipe_strict_data_stops_before_the_run_directory(tmp_path, cache_dir):
     data = _recipe_folder(tmp_path / "data")
-    proc = run_script("recipes/imagenet.py", "--dataset", "folder", "--train-dir", str(data), *RECIPE_TINY,
-                      "--strict-data", "--output-dir", str(tmp_path / "run"),
-                      env={image_check.CACHE_ENV: str(cache_dir)}, timeout=600)
+    proc = run_recipe_in_process("recipes/imagenet.py", "--dataset", "folder", "--train-dir", str(data),
+                                 *RECIPE_TINY, "--strict-data", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"imagenet.py: error: --strict-data: {data / 'cat' / 'truncated.jpg'}: {TRUNCATED}" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -29,22 +29,24 @@ def in_process(*args):
 # The learning run: smaller than the no-flag preset (teacher and student at 64 px, 8 + 8
 # epochs; measured teacher 0.936 / student 0.911 / student AUC 0.968 after 6 + 6), seeded
 # and with TensorFlow op determinism, so a commit scores the same every time on one
-# machine: the width-1.0 teacher at 48 px (still 2.4x the student's MAdds), 5 + 5 epochs
-# at twice the learning rate, evaluation after the last epoch only. Bars above 0.8 keep a
-# margin of 20% of the error they allow (accuracy >= 0.85: measured >= 0.88; AUC > 0.92:
-# measured >= 0.936). (A width-0.5 teacher at 64 px gave a student of 0.885; a width-0.25
-# student under it 0.862.)
-LEARN = ["--teacher-input-size", "48", "--epochs", "5", "--teacher-epochs", "5", "--eval-every", "5",
-         "--learning-rate", "4e-3", "--teacher-learning-rate", "4e-3", "--deterministic"]
+# machine: the width-1.0 teacher at 48 px (still 2.4x the student's MAdds) for 5 epochs at
+# lr 4e-3, the student for 4 at 6e-3, evaluation after the last epoch only. Bars above 0.8
+# keep a margin of 20% of the error they allow (accuracy >= 0.85: measured >= 0.88; AUC >
+# 0.92: measured >= 0.936; the teacher gap <= 0.05: measured <= 0.04). Tried: student 5
+# epochs at 4e-3 0.910; 3 at 8e-3 0.874; a teacher of 4 epochs at 6e-3 (0.925) gave 0.879;
+# teacher at 40 px with the student at 56: 0.851; a width-0.5 teacher at 64 px 0.885; a
+# width-0.25 student under it 0.862.
+LEARN = ["--teacher-input-size", "48", "--epochs", "4", "--teacher-epochs", "5", "--eval-every", "5",
+         "--learning-rate", "6e-3", "--teacher-learning-rate", "4e-3", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=260)
+@pytest.mark.slow(seconds=240)
 def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    # Measured: student 0.9098, teacher 0.9363, student AUC 0.9655, VAL@FAR=1e-3 0.080. An
+    # Measured: student 0.9045, teacher 0.9363, student AUC 0.9620, VAL@FAR=1e-3 0.115. An
     # untrained model scores VAL about 0.001 and AUC about 0.5.
     assert metrics["student_accuracy"] >= 0.85, metrics
     assert metrics["student_accuracy"] >= metrics["teacher_accuracy"] - 0.05, metrics
@@ -99,9 +101,9 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
     teacher.save(tmp_path / "teacher.keras")
 
     run_dir = tmp_path / "run"
-    proc = recipe(*TINY, "--train-dir", str(train_dir), "--lfw-dir", str(lfw_dir), "--pairs-file",
-                  str(tmp_path / "pairs.txt"), "--teacher", str(tmp_path / "teacher.keras"), "--embedding-dim", "16",
-                  "--triplet-weight", "0.5", "--output-dir", str(run_dir))
+    proc = in_process(*TINY, "--train-dir", str(train_dir), "--lfw-dir", str(lfw_dir), "--pairs-file",
+                      str(tmp_path / "pairs.txt"), "--teacher", str(tmp_path / "teacher.keras"), "--embedding-dim",
+                      "16", "--triplet-weight", "0.5", "--output-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["num_pairs"] == 20 and metrics["num_folds"] == 10 and metrics["eval_identities"] == 20
@@ -144,8 +146,10 @@ def test_mirrored_on_two_cpu_devices_and_resume_keeps_the_teacher(tmp_path):
     metrics = read_metrics(run_dir)
     assert metrics["replicas"] == 2 and metrics["epochs"] == 1 and metrics["num_pairs"] > 0
     teacher_time = (run_dir / "teacher" / "teacher.keras").stat().st_mtime
-    # A rerun of an unfinished run (metrics.json gone) reuses the finished teacher.
+    # A rerun of an unfinished run (metrics.json gone) reuses the finished teacher (a resume
+    # may change the strategy: this one runs in the test's process, on one device).
     (run_dir / "metrics.json").unlink()
-    again = recipe(*args)
+    again = in_process(*args[:args.index("--strategy")], "--output-dir", str(run_dir))
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run_dir / "teacher" / "teacher.keras").stat().st_mtime == teacher_time
+    assert read_metrics(run_dir)["replicas"] == 1

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal, run_script
+from mobilenet_tf._keras import keras
 
 # The mechanics tests' run: V1 (27 layers) traces and starts in about two thirds of
 # V3-Small's time; what they test does not depend on the architecture.
@@ -52,6 +54,14 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
         assert (run_dir / name).exists(), name
     assert not (run_dir / "backup").exists()  # a finished run (metrics.json) drops its training backups
     assert json.loads((run_dir / "config.json").read_text())["schedule"] == "v3"
+    # saved_model/ serves what model.keras computes, as `serve` and as the signature.
+    model = keras.models.load_model(run_dir / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
+    expected = model(images, training=False).numpy()
+    served = tf.saved_model.load(str(run_dir / "saved_model"))
+    np.testing.assert_allclose(served.serve(images).numpy(), expected, atol=1e-5)
+    signature = served.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(list(signature.values())[0].numpy(), expected, atol=1e-5)
     # A finished run is not overwritten by accident.
     again = in_process("--output-dir", str(run_dir))
     assert again.returncode == 2 and "--overwrite" in again.stderr
@@ -90,7 +100,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert not (run_dir / "metrics.json").exists()
     done = len(history.read_text().strip().splitlines()) - 1
     assert 1 <= done < 4
-    resumed = recipe(*args)
+    resumed = in_process(*args)  # the resume needs no fresh process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     epochs = [int(line.split(",")[0]) for line in history.read_text().strip().splitlines()[1:]]
     assert epochs == [0, 1, 2, 3]  # continued, not restarted

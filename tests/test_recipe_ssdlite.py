@@ -62,7 +62,7 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
     assert coco_eval.evaluate(gt, detections)["map"] == pytest.approx(metrics["map"])
 
     # The SavedModel detector (NMS in the graph) gives the Keras detections.
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    model = keras.models.load_model(run_dir / "model.keras")
     images = _eval_images()
     expected = {k: v.numpy() for k, v in ssdlite.build_inference_model(model)(images).items()}
     served = tf.saved_model.load(str(run_dir / "detector")).signatures["serving_default"](images=tf.constant(images))

@@ -308,17 +308,21 @@ class Recipe:
         recipe.train_split, recipe.val_split = recipe.load_splits()
         recipe.prepare()
         recipe.run, recipe.chief = run_dir.open_run(config, strategy)
-        check = image_check.merged(recipe.image_checks())
-        if recipe.chief and check is not None:
-            print(image_check.write_skipped(check, recipe.run.root), flush=True)
-        recipe.steps_per_epoch = recipe.count_steps()
-        if config.eval_only:
-            model, history = recipe.eval_only_model(), {}
-        else:
-            model, history = recipe.train()
-        if not recipe.chief:
-            return {}
-        return recipe.finish(model, history, policy)
+        try:
+            check = image_check.merged(recipe.image_checks())
+            if recipe.chief and check is not None:
+                print(image_check.write_skipped(check, recipe.run.root), flush=True)
+            recipe.steps_per_epoch = recipe.count_steps()
+            if config.eval_only:
+                model, history = recipe.eval_only_model(), {}
+            else:
+                model, history = recipe.train()
+            if not recipe.chief:
+                return {}
+            return recipe.finish(model, history, policy)
+        finally:
+            if recipe.chief:  # the run --overwrite set aside: deleted, or back if this run saved nothing
+                run_dir.settle_previous_run(recipe.run.root)
 
     def finish(self, model, history, policy):
         """The chief's outputs: metrics, curves, the task's files, exports, metrics.json."""

@@ -75,8 +75,9 @@ def prepare_run_dir(output_dir, overwrite=False):
     No run is destroyed before its replacement is safe: ``overwrite`` moves a run
     already in ``output_dir`` (finished or interrupted) to ``<output_dir>.previous``;
     it is deleted once the new run has saved its first epoch (or finished, see
-    ``settle_previous_run``) and put back if the new run ends before that (at exit,
-    or, after a kill, when the next run starts in ``output_dir``).
+    ``settle_previous_run``) and put back if the new run ends before that (when the
+    recipe's ``main`` returns or raises, at exit, or, after a kill, when the next run
+    starts in ``output_dir``).
 
     Raises:
         ValueError: ``output_dir`` holds a finished run (metrics.json) and
