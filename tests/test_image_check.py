@@ -265,7 +265,7 @@ RECIPE_TINY = ["--no-saved-model", "--model", "v1", "--alpha", "0.25", "--image-
                "--global-batch-size", "8", "--steps-per-epoch", "2", "--verbose", "2"]
 
 
-@pytest.mark.slow(seconds=21)
+@pytest.mark.slow(seconds=10)
 def test_imagenet_recipe_skips_bad_files_and_lists_them(tmp_path, cache_dir):
     data = _recipe_folder(tmp_path / "data")
     run_dir = tmp_path / "run"

@@ -40,7 +40,7 @@ LEARN = ["--teacher-input-size", "48", "--epochs", "4", "--teacher-epochs", "5",
          "--learning-rate", "6e-3", "--teacher-learning-rate", "4e-3", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=240)
+@pytest.mark.slow(seconds=230)
 def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2")
@@ -135,7 +135,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
-@pytest.mark.slow(seconds=88)
+@pytest.mark.slow(seconds=75)
 def test_mirrored_on_two_cpu_devices_and_resume_keeps_the_teacher(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--synthetic-train-identities", "20", "--synthetic-eval-identities", "20",

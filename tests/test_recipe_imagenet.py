@@ -83,7 +83,7 @@ def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
 
 
-@pytest.mark.slow(seconds=37)
+@pytest.mark.slow(seconds=35)
 def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "4", "--output-dir", str(run_dir)]

@@ -222,7 +222,7 @@ def in_process(*args):
     return run_recipe_in_process("recipes/imagenet.py", *args)
 
 
-@pytest.mark.slow(seconds=64)
+@pytest.mark.slow(seconds=40)
 def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--synthetic-eval-examples", "32",
