@@ -377,7 +377,6 @@ def _compress(args):
     process, then bring the compressed weights back as compressed.keras / .weights.h5."""
     import numpy as np
 
-    import mobilenet_tf
     from mobilenet_tf import weights
     from mobilenet_tf._keras import keras
 

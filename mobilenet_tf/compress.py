@@ -145,7 +145,8 @@ def _output_quantize_config():
     return OutputQuantizeConfig
 
 
-OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "UnitNormalization", "L2Normalization")  # weightless layers TFMOT's default scheme rejects
+# Weightless layers TFMOT's default scheme rejects.
+OUTPUT_QUANTIZED = ("Rescaling", "Multiply", "UnitNormalization", "L2Normalization")
 QAT_SCHEMES = ("default", "prune_preserve", "cluster_preserve")
 
 

@@ -131,5 +131,6 @@ def mobilenet_v1(
         return_endpoints=return_endpoints, classifier=classifier,
         name=name or backbone.model_name("v1", alpha, input_shape),
     )
-    weights_lib.load_weights(model, weights, "v1", alpha=alpha, include_top=include_top, input_shape=input_shape, depth_multiplier=depth_multiplier)
+    weights_lib.load_weights(model, weights, "v1", alpha=alpha, include_top=include_top, input_shape=input_shape,
+                             depth_multiplier=depth_multiplier)
     return model

@@ -206,8 +206,8 @@ class LRASPPCityscapes(recipe.Recipe):
         config = self.config
         self.results = seg_metrics.scores(self.evaluator.final_matrix(model), self.val_split.class_names)
         return dict(self.results, backbone=config.backbone, alpha=config.alpha, output_stride=config.output_stride,
-                    dataset=config.dataset, crop_size=config.crop_size, eval_size=[config.eval_height, config.eval_width],
-                    num_classes=self.val_split.num_classes)
+                    dataset=config.dataset, crop_size=config.crop_size,
+                    eval_size=[config.eval_height, config.eval_width], num_classes=self.val_split.num_classes)
 
     def deployed_model(self, model):
         return self.evaluator.model  # at the evaluation size, holding the trained weights
@@ -224,7 +224,8 @@ class LRASPPCityscapes(recipe.Recipe):
         return self.eval_pipeline(shuffled, 1).map(lambda images, labels: images)
 
     def summary(self, metrics):
-        return f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}  " + super().summary(metrics)
+        return (f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}  "
+                + super().summary(metrics))
 
 
 Config, resolve, main, get_args_parser, cli = recipe.script(LRASPPCityscapes)

@@ -92,7 +92,8 @@ def test_xception_imagenet_weights_come_from_keras_applications_at_299(monkeypat
     assert calls["variant"] == "xception" and calls["input_shape"] == (299, 299, 3)
     source = calls["model"]
     for ours_name, source_layer in [("block14_sepconv2", source.get_layer("block14_sepconv2")),
-                                    ("block2_residual_conv", [l for l in source.layers if l.name.startswith("conv2d")][0]),
+                                    ("block2_residual_conv",
+                                     [l for l in source.layers if l.name.startswith("conv2d")][0]),
                                     ("block13_residual_bn", [l for l in source.layers
                                                              if l.name.startswith("batch_normalization")][-1])]:
         for a, b in zip(ours.get_layer(ours_name).get_weights(), source_layer.get_weights()):

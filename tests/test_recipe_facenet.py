@@ -13,8 +13,9 @@ from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import facenet
 from mobilenet_tf.heads.facenet import data
 
-TINY = ["--no-saved-model", "--input-size", "32", "--alpha", "0.25", "--teacher-alpha", "0.25", "--epochs", "1", "--teacher-epochs", "1",
-        "--steps-per-epoch", "2", "--identities-per-batch", "4", "--images-per-identity", "2", "--verbose", "2"]
+TINY = ["--no-saved-model", "--input-size", "32", "--alpha", "0.25", "--teacher-alpha", "0.25", "--epochs", "1",
+        "--teacher-epochs", "1", "--steps-per-epoch", "2", "--identities-per-batch", "4", "--images-per-identity", "2",
+        "--verbose", "2"]
 
 
 def recipe(*args, **kwargs):
@@ -68,7 +69,7 @@ def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     assert np.abs(export.TFLiteModel(str(run_dir / "student_fp32.tflite"))(faces) - keras_out).max() < 1e-5
 
     # --eval-only on the last weights reproduces the student's accuracy.
-    evaluated = in_process("--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
+    evaluated = in_process("--no-saved-model", "--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
                            str(run_dir / "last.weights.h5"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert read_metrics(tmp_path / "eval")["student_accuracy"] == pytest.approx(metrics["student_accuracy"])

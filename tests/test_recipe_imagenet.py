@@ -66,7 +66,7 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     again = in_process("--output-dir", str(run_dir))
     assert again.returncode == 2 and "--overwrite" in again.stderr
     # --eval-only reproduces the accuracy from the best checkpoint.
-    evaluated = in_process(*LEARN[:-1], "--output-dir", str(tmp_path / "eval"), "--eval-only",
+    evaluated = in_process(*LEARN[:-1], "--no-saved-model", "--output-dir", str(tmp_path / "eval"), "--eval-only",
                            "--weights", str(run_dir / "best.weights.h5"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert read_metrics(tmp_path / "eval")["top1"] >= 0.9

@@ -59,8 +59,8 @@ def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     assert np.mean(int8.argmax(-1) == keras_logits.argmax(-1)) >= 0.95
 
     # --eval-only from the best checkpoint reproduces the mIoU.
-    evaluated = in_process(*LEARN[:-1], "--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
-                           str(run_dir / "best.weights.h5"))
+    evaluated = in_process(*LEARN[:-1], "--no-saved-model", "--output-dir", str(tmp_path / "eval"), "--eval-only",
+                           "--weights", str(run_dir / "best.weights.h5"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert read_metrics(tmp_path / "eval")["miou"] == pytest.approx(max(
         float(line.split(",")[history[0].split(",").index("val_miou")]) for line in history[1:]), abs=1e-4)

@@ -93,8 +93,8 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
     assert matched_int8 >= 0.7 * total, (matched_int8, total)
 
     # --eval-only from the best checkpoint reproduces the best AP of the evaluated epochs.
-    evaluated = in_process(*LEARN[:-1], "--output-dir", str(tmp_path / "eval"), "--eval-only", "--weights",
-                           str(run_dir / "best.weights.h5"))
+    evaluated = in_process(*LEARN[:-1], "--no-saved-model", "--output-dir", str(tmp_path / "eval"), "--eval-only",
+                           "--weights", str(run_dir / "best.weights.h5"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     column = history[0].split(",").index("val_map")
     scores = [float(line.split(",")[column]) for line in history[1:]]

@@ -8,7 +8,8 @@ from mobilenet_tf import registry
 
 
 def test_unknown_name_lists_valid_names_and_closest():
-    with pytest.raises(ValueError, match=r"unknown model name 'v3_smal'\. Did you mean 'v3_small'\? Valid names: shufflenet_v1_g1, "):
+    message = r"unknown model name 'v3_smal'\. Did you mean 'v3_small'\? Valid names: shufflenet_v1_g1, "
+    with pytest.raises(ValueError, match=message):
         mobilenet_tf.build("v3_smal")
 
 

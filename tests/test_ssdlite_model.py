@@ -41,7 +41,8 @@ def test_reference_weight_decay_and_batchnorm_momentum_are_built_in():
     assert momenta == {0.97}
     regularised = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
                    and not isinstance(layer, keras.layers.DepthwiseConv2D) and layer.kernel.regularizer is not None]
-    assert "box_predictor0_conv" in regularised and "extra1_reduce" in regularised and len(model.losses) == len(regularised)
+    assert "box_predictor0_conv" in regularised and "extra1_reduce" in regularised
+    assert len(model.losses) == len(regularised)
     bare = ssd.build_ssdlite("v3_small", num_classes=3, input_size=96, alpha=0.35, weight_decay=0.0, bn_momentum=0.9)
     assert not bare.losses
 

@@ -43,7 +43,8 @@ class Split:
 
 
 def synthetic_split(training, num_examples, image_size, num_classes=10, seed=0):
-    ds = synthetic.synthetic_classification(num_examples, image_size, num_classes, seed=seed + (0 if training else 10_000))
+    ds = synthetic.synthetic_classification(num_examples, image_size, num_classes,
+                                            seed=seed + (0 if training else 10_000))
     return Split(ds, num_examples, num_classes, synthetic.class_names(num_classes))
 
 
