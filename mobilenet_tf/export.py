@@ -74,8 +74,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
     with tempfile.TemporaryDirectory() as saved_model:
         if _is_keras3(model) and quantization in FLOAT_ACTIVATIONS:
             model = fuse_hard_swish(model)
-        spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32)
-        save_function(model, lambda images: model(images, training=False), spec, saved_model)
+        save_inference(model, saved_model)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantization != "fp32":  # "qat": DEFAULT alone turns fake-quant ranges into int8
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -226,6 +225,14 @@ def save_function(model, fn, input_spec, path):
     module.model_variables = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
     tf.saved_model.save(module, path, signatures=serve)
     return path
+
+
+def save_inference(model, path):
+    """``save_function`` of ``model(images, training=False)``: ``serve`` and the
+    ``serving_default`` signature, input ``images`` (float32 batches of the model's input
+    shape). Returns ``path``."""
+    spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="images")
+    return save_function(model, lambda images: model(images, training=False), spec, path)
 
 
 def _is_keras3(model):

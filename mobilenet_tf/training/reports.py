@@ -3,8 +3,6 @@ metrics.json (which marks the run finished)."""
 
 import json
 
-import tensorflow as tf
-
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.training.run_dir import settle_previous_run
@@ -43,7 +41,7 @@ def export_model(model, run, saved_model=True):
     """``model.keras`` (uncompiled) and, with ``saved_model``, a SavedModel of the
     inference call in the run directory: ``serve(images)`` and the ``serving_default``
     signature (input ``images``, float32 batches of the model's input shape), for TF
-    Serving and ``tf.saved_model.load``. Written by ``export.save_function``: what
+    Serving and ``tf.saved_model.load``. Written by ``export.save_inference``: what
     ``model.export()`` serves, in a third of its time."""
     # Saved uncompiled: the training's loss, metrics and lr schedule are classes of the
     # training code, which `keras.models.load_model` after `import mobilenet_tf` would
@@ -54,8 +52,7 @@ def export_model(model, run, saved_model=True):
         inference = model
     inference.save(run.path("model.keras"))
     if saved_model:
-        spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="images")
-        export.save_function(model, lambda images: model(images, training=False), spec, run.path("saved_model"))
+        export.save_inference(model, run.path("saved_model"))
 
 
 def write_metrics(run, metrics):
