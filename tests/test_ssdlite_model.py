@@ -26,6 +26,48 @@ def test_size_matches_the_papers(backbone):
     assert tuple(model.output["classes"].shape) == (None, 2034, 91)
 
 
+# V1 paper Table 13, SSD 300 on MobileNet V1 (91 classes): 6.8M parameters, 1.2B MAdds.
+# Measured: 6.79M conv/dense parameters (6.85M with BatchNormalization's), 1.237B MAdds
+# (3% above the paper's rounded 1.2B; the SSDLite rows above are within 4% by the same count).
+def test_ssd300_size_matches_table_13():
+    model = ssd.build_ssd()
+    profile = mobilenet_tf.profile(model)
+    assert abs(profile.conv_dense_params / 6.8e6 - 1) < 0.01, profile.conv_dense_params
+    assert abs(profile.madds / 1.2e9 - 1) < 0.04, profile.madds
+    assert ssd.feature_map_sizes(model) == [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert tuple(model.output["classes"].shape) == (None, 1917, 91) == (None, len(ssd.anchors_for(model)), 91)
+    # The config's design: regular convolutions after the backbone, 1x1 predictors with
+    # no bias prior, BN decay 0.9997 everywhere, the maps of Conv2d_11 / Conv2d_13.
+    head = model.layers[[layer.name for layer in model.layers].index("extra1_reduce"):]
+    assert not any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in head)
+    assert model.get_layer("extra1_conv").kernel.shape == (3, 3, 256, 512)  # after the 1x1 to d/2
+    assert model.get_layer("extra1_conv").strides == (2, 2)
+    assert model.get_layer("class_predictor1_conv").kernel.shape == (1, 1, 1024, 6 * 91)
+    assert model.get_layer("box_predictor0_conv").kernel.shape == (1, 1, 512, 3 * 4)
+    assert float(np.abs(model.get_layer("class_predictor0_conv").bias.numpy()).max()) == 0.0
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9997}
+    with pytest.raises(ValueError, match="`head` must be one of"):
+        ssd.build_detector("ssd_lite", "v1", 91, 300)
+    with pytest.raises(ValueError, match=r"SSD needs stride-16 and stride-32"):
+        ssd.build_ssd("squeezenet1_1")
+
+
+@pytest.mark.slow(seconds=20)
+def test_ssd_head_on_other_backbones_trains_a_step():
+    """Any backbone with stride-16 / -32 maps (V3 takes its C4_expand, like SSDLite)."""
+    model = ssd.build_ssd("v3_small", num_classes=3, input_size=96, alpha=0.35, bn_momentum=0.9)
+    assert ssd.feature_map_sizes(model)[:2] == [(6, 6), (3, 3)]
+    assert model.get_layer("box_predictor0_conv").input.shape[-1] == model.get_layer("expanded_conv_8_expand").filters
+    anchor_boxes = ssd.anchors_for(model)
+    box_targets, class_targets, matched = matcher.assign_targets(
+        tf.constant([[0.2, 0.2, 0.7, 0.6]]), tf.constant([1]), tf.constant([True]), anchor_boxes)
+    targets = {"boxes": losses.pack_box_targets(box_targets, matched)[None], "classes": class_targets[None]}
+    model.compile(optimizer="sgd", loss={"boxes": losses.BoxLoss(),
+                                         "classes": losses.ClassLoss("sigmoid_hard_negative_mining")})
+    logs = model.train_on_batch(tf.zeros((1, 96, 96, 3)), targets, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["loss"] > 0
+
+
 def test_other_input_sizes_get_their_own_anchors():
     model = ssd.build_ssdlite("v3_small", num_classes=5, input_size=256, alpha=0.5)
     assert ssd.feature_map_sizes(model) == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
@@ -104,6 +146,27 @@ def test_hard_negative_mining_keeps_three_negatives_per_positive():
         losses.ClassLoss("softmax")
 
 
+def test_sigmoid_hard_negative_mining_as_the_v1_ssd_config():
+    """Sigmoid cross-entropy over every column, background included; 3 negatives per
+    positive; an image without objects contributes nothing (min_negatives_per_image 0)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 20, 3)).astype("float32")
+    targets = np.full((2, 20), matcher.BACKGROUND)
+    targets[0, 7] = 1
+    per_anchor = losses.hard_negative_sigmoid(targets, logits).numpy()
+    one_hot = np.eye(3)[np.maximum(targets, 0)]
+    bce = (np.maximum(logits, 0) - logits * one_hot + np.log1p(np.exp(-np.abs(logits)))).sum(-1)
+    negative = bce[0].copy()
+    negative[7] = -1
+    assert set(np.flatnonzero(per_anchor[0])) == set(np.argsort(-negative)[:3]) | {7}
+    np.testing.assert_allclose(per_anchor[0][per_anchor[0] > 0], bce[0][per_anchor[0] > 0], rtol=1e-5)
+    assert not per_anchor[1].any()
+    # Normalised by the matches: one positive in the batch -> the batch mean is the sum.
+    loss = losses.ClassLoss("sigmoid_hard_negative_mining")(targets, logits)
+    assert float(loss) == pytest.approx(per_anchor.sum(), rel=1e-5)
+    assert losses.ACTIVATIONS["sigmoid_hard_negative_mining"] == "sigmoid"
+
+
 def test_postprocess_decodes_suppresses_and_shifts_class_ids():
     anchor_boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]], np.float32)
     codes = np.zeros((1, 3, 4), np.float32)  # boxes = anchors
@@ -176,6 +239,39 @@ def test_tflite_detector_has_the_custom_nms_op_and_checks_arguments(tmp_path):
     assert out["classes"][0, :num].min() >= 1 and out["classes"][0, :num].max() <= 5  # ids 1..C-1
     assert np.all(out["scores"][0, num:] == 0) and np.all(out["boxes"][0, num:] == 0)  # empty slots zeroed
     assert np.all((out["boxes"] >= 0) & (out["boxes"] <= 1))
+
+
+@pytest.mark.slow(seconds=15)
+def test_ssd_head_tflite_detector_equals_keras(tmp_path):
+    """SSD 300's head converts to the same detector file (custom NMS op, no Flex ops) and
+    finds Keras' detections."""
+    from mobilenet_tf.heads.ssdlite import deploy
+
+    from conftest import randomize_batchnorm
+
+    model = ssd.build_ssd("v1", num_classes=4, input_size=96, alpha=0.25)
+    randomize_batchnorm(model)
+    rng = np.random.default_rng(1)
+    for i in range(6):  # distinct scores, few of them above 0.3 (no ties at the 100-detection cut)
+        layer = model.get_layer(f"class_predictor{i}_conv")
+        layer.kernel.assign(rng.normal(0, 0.5, layer.kernel.shape).astype("float32"))  # logits std ~1
+        layer.bias.assign(np.full(layer.bias.shape, -2.0, "float32"))
+    images = np.random.default_rng(0).uniform(0, 255, (3, 96, 96, 3)).astype("float32")
+    expected = {k: v.numpy() for k, v in postprocess.build_inference_model(model, score_threshold=0.3)(images).items()}
+    detector = deploy.TFLiteDetector(deploy.to_tflite_detector(model, tmp_path / "ssd.tflite", score_threshold=0.3))
+    counts = detector.op_counts()
+    assert counts["TFLite_Detection_PostProcess"] == 1 and not any(op.startswith("Flex") for op in counts)
+    def rows(classes, scores, boxes):  # detections as sorted rows: equal scores may come in either order
+        table = np.column_stack([classes, scores, boxes]).astype("float64")
+        return table[np.lexsort(np.round(table, 4).T[::-1])]
+
+    for i, image in enumerate(images):
+        got = detector(image[None])
+        num = int(expected["num_detections"][i])
+        assert int(got["num_detections"][0]) == num > 0
+        np.testing.assert_allclose(rows(got["classes"][0, :num], got["scores"][0, :num], got["boxes"][0, :num]),
+                                   rows(expected["classes"][i, :num], expected["scores"][i, :num],
+                                        expected["boxes"][i, :num]), atol=1e-4)
 
 
 OFF_IMAGE_INT8 = """

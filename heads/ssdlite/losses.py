@@ -7,6 +7,13 @@
   matched anchors' box codes.
 - ``hard_negative_mining``: the SSD / V2-paper loss: softmax cross-entropy on the
   matched anchors and on the 3 hardest negatives per positive in each image.
+- ``sigmoid_hard_negative_mining``: the V1 SSD 300 loss
+  (``ssd_mobilenet_v1_coco.config``: ``weighted_sigmoid`` over all columns,
+  background included, and ``hard_example_miner`` with
+  ``max_negatives_per_positive: 3``, ``min_negatives_per_image: 0``). The miner's
+  other two settings change nothing here and are left out: ``num_hard_examples:
+  3000`` caps positives + negatives per image, above the 1917 anchors at 300, and
+  its NMS at IoU 0.99 only drops negatives whose predicted boxes coincide.
 
 Targets (from ``matcher.assign_targets``): class ids (B, A) with
 ``matcher.BACKGROUND`` (-1) or 0 for background, and box codes (B, A, 4) with a
@@ -19,7 +26,9 @@ import tensorflow as tf
 
 from mobilenet_tf._keras import keras
 
-LOSSES = ("focal", "hard_negative_mining")
+LOSSES = ("focal", "hard_negative_mining", "sigmoid_hard_negative_mining")
+# How each loss turns logits into scores (the detector's score converter).
+ACTIVATIONS = {"focal": "sigmoid", "hard_negative_mining": "softmax", "sigmoid_hard_negative_mining": "sigmoid"}
 
 
 def _background_to_zero(class_targets):
@@ -48,7 +57,23 @@ def hard_negative_softmax(class_targets, logits, negatives_per_positive=3, min_n
     """(B, A) softmax cross-entropy on positives and on each image's hardest negatives."""
     labels = _background_to_zero(class_targets)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
-    positive = labels > 0
+    return _hard_negatives(loss, labels > 0, negatives_per_positive, min_negatives)
+
+
+def hard_negative_sigmoid(class_targets, logits, negatives_per_positive=3, min_negatives=0):
+    """(B, A) sigmoid cross-entropy summed over every column (background column 0
+    included: its target is 1 on background anchors), on positives and on each image's
+    hardest negatives."""
+    labels = _background_to_zero(class_targets)
+    one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
+    loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=one_hot, logits=tf.cast(logits, tf.float32)),
+                         axis=-1)
+    return _hard_negatives(loss, labels > 0, negatives_per_positive, min_negatives)
+
+
+def _hard_negatives(loss, positive, negatives_per_positive, min_negatives):
+    """``loss`` (B, A) kept on the positives and on the ``negatives_per_positive`` x
+    positives (at least ``min_negatives``) highest-loss negatives of each image; 0 elsewhere."""
     num_negatives = tf.maximum(negatives_per_positive * tf.reduce_sum(tf.cast(positive, tf.int32), axis=1),
                                min_negatives)  # (B,)
     negative_loss = tf.where(positive, -1.0, loss)
@@ -82,8 +107,10 @@ class ClassLoss(keras.losses.Loss):
         targets = tf.reshape(tf.cast(y_true, tf.int32), tf.shape(y_pred)[:2])
         if self.kind == "focal":
             per_anchor = sigmoid_focal(targets, y_pred)
-        else:
+        elif self.kind == "hard_negative_mining":
             per_anchor = hard_negative_softmax(targets, y_pred)
+        else:
+            per_anchor = hard_negative_sigmoid(targets, y_pred)
         return _normalised(per_anchor, targets > 0)
 
     def get_config(self):

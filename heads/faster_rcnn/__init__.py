@@ -1,0 +1,13 @@
+"""Faster R-CNN detection on MobileNet (MobileNetV1 paper 4.6, Table 13).
+
+    >>> from mobilenet_tf.heads import faster_rcnn
+    >>> model = faster_rcnn.build_faster_rcnn(backbone="v1", num_classes=91)
+    >>> detections = faster_rcnn.detect(model(images))  # boxes, scores, classes, num_detections
+
+Modules: ``model`` (first stage, proposals, ROI crops, second stage, ``detect``,
+``profile``) and ``anchors`` (the grid anchor generator), with the TF Object Detection
+API's semantics for ``faster_rcnn_meta_arch`` and its MobileNet V1 feature extractor.
+"""
+
+from mobilenet_tf.heads.faster_rcnn import anchors, model  # noqa: F401
+from mobilenet_tf.heads.faster_rcnn.model import build_faster_rcnn, detect  # noqa: F401
