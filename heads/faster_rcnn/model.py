@@ -19,15 +19,16 @@ after C4 dilated instead of strided, ``output_stride=16``; the same weights), an
 ``second_stage_stride=2`` is the reference code's.
 
 Box codes use SSDLite's center-size coder (10, 10, 5, 5) for both stages, as the
-reference does. This module builds the network and its inference; ``detect`` turns
-its outputs into detections (per-class NMS at IoU 0.6, softmax scores).
+reference does. ``FasterRCNN.train_step`` trains both stages
+end to end with ``model.fit`` (targets, sampling and losses in ``losses``); ``detect``
+turns the outputs into detections (per-class NMS at IoU 0.6, softmax scores).
 """
 
 import tensorflow as tf
 
 import mobilenet_tf
 from mobilenet_tf._keras import keras, layers
-from mobilenet_tf.heads.faster_rcnn import anchors as anchors_lib
+from mobilenet_tf.heads.faster_rcnn import anchors as anchors_lib, losses as losses_lib
 from mobilenet_tf.heads.ssdlite import box_coder
 
 FEATURE_ENDPOINT, LAST_ENDPOINT = "C4", "C5"  # the stride-16 tap; the end of the second stage
@@ -37,7 +38,7 @@ RPN_IOU_THRESHOLD = 0.7  # first_stage_nms_iou_threshold
 CROP_SIZE = 14  # initial_crop_size, then maxpool_kernel_size 2, maxpool_stride 2
 DETECTION_IOU_THRESHOLD = 0.6  # second_stage_post_processing.batch_non_max_suppression
 MAX_DETECTIONS = 100  # per image, for COCO evaluation (the config keeps 300)
-MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 128, 2048
+LOSS_NAMES = ("loss", "rpn_objectness", "rpn_box", "classification", "box")
 
 
 def build_faster_rcnn(backbone="v1", num_classes=91, alpha=None, reduced_tail=None, max_proposals=MAX_PROPOSALS,
@@ -133,16 +134,24 @@ class FasterRCNN(keras.Model):
         self.first_stage, self.second_stage = first_stage, second_stage
         self.num_classes, self.max_proposals, self.anchor_spec = num_classes, max_proposals, anchor_spec
 
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
     def anchors(self, images, features):
-        """The (A, 4) anchors of ``features`` over ``images``, clipped to the image (as the
-        reference does at inference)."""
-        anchors = anchors_lib.grid_anchors(tf.shape(features)[1:3], tf.shape(images)[1:3], self.anchor_spec)
-        return tf.clip_by_value(anchors, 0.0, 1.0)
+        """The (A, 4) anchors of ``features`` over ``images`` (normalised, unclipped)."""
+        return anchors_lib.grid_anchors(tf.shape(features)[1:3], tf.shape(images)[1:3], self.anchor_spec)
+
+    def _proposals(self, images, first):
+        """Proposals from anchors clipped to the image (as the reference at inference)."""
+        anchors = tf.clip_by_value(self.anchors(images, first["features"]), 0.0, 1.0)
+        return propose(first["rpn_boxes"], first["rpn_objectness"], anchors, self.max_proposals)
 
     def call(self, images, training=False):
         first = self.first_stage(images, training=training)
-        anchors = self.anchors(images, first["features"])
-        proposals, num_proposals = propose(first["rpn_boxes"], first["rpn_objectness"], anchors, self.max_proposals)
+        proposals, num_proposals = self._proposals(images, first)
         second = self.second_stage(crop_regions(first["features"], proposals), training=training)
         batch, count = tf.shape(proposals)[0], tf.shape(proposals)[1]
         return {
@@ -151,6 +160,46 @@ class FasterRCNN(keras.Model):
             "classes": tf.reshape(second["classes"], (batch, count, self.num_classes)),
             "boxes": tf.reshape(second["boxes"], (batch, count, self.num_classes - 1, 4)),
         }
+
+    def compute_training_losses(self, images, gt, training=True):
+        """{name: scalar} for a batch of images and their ground truth (``losses``' format):
+        the RPN's on sampled anchors inside the image, the second stage's on the sampled
+        proposals, which are cropped and classified; gradients reach the backbone through
+        both stages (not through the proposals' coordinates)."""
+        first = self.first_stage(images, training=training)
+        anchors = self.anchors(images, first["features"])
+        inside = tf.reduce_all((anchors >= 0.0) & (anchors <= 1.0), axis=1)
+        losses = losses_lib.rpn_losses(first["rpn_boxes"], first["rpn_objectness"], anchors, inside, gt)
+        proposals, num_proposals = self._proposals(images, first)
+        boxes, classes, positive, sampled, codes = losses_lib.sample_proposals(proposals, num_proposals, gt)
+        second = self.second_stage(crop_regions(first["features"], boxes), training=training)
+        batch, count = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        losses.update(losses_lib.detection_losses(
+            tf.reshape(second["classes"], (batch, count, self.num_classes)),
+            tf.reshape(second["boxes"], (batch, count, self.num_classes - 1, 4)), classes, positive, sampled, codes))
+        return losses
+
+    def _track(self, losses, total):
+        self.trackers["loss"].update_state(total)
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        """One ``fit`` step on ``(images, {"boxes", "classes", "valid"})``."""
+        images, gt = data[0], data[1]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync  # gradients are summed over them
+        with tf.GradientTape() as tape:
+            losses = self.compute_training_losses(images, gt, training=True)
+            total = tf.add_n(list(losses.values()) + list(self.losses))
+            scaled = total / replicas
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._track(losses, total)
+
+    def test_step(self, data):
+        losses = self.compute_training_losses(data[0], data[1], training=False)
+        return self._track(losses, tf.add_n(list(losses.values())))
 
 
 def detect(outputs, score_threshold=1e-8, max_detections=MAX_DETECTIONS, iou_threshold=DETECTION_IOU_THRESHOLD):
