@@ -112,9 +112,10 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
 
 # SSD 300's head (``--head ssd``: V1 0.25 at 160 px, the V1 config's sigmoid loss with
 # hard negative mining and no class prior) learns these scenes more slowly than
-# SSDLite: its 6-epoch preset measured AP50 0.611, AP 0.327; 3 epochs (this run, seeded,
-# ``--deterministic``) AP50 0.4145, AP 0.188. Bars of this run: AP50 >= 0.3, AP >= 0.12
-# (a 20% margin needs >= 0.36 / >= 0.144); the untrained head scores AP50 < 0.01.
+# SSDLite: its 6-epoch preset measured AP50 0.611, AP 0.327. This run (3 epochs, seeded,
+# ``--deterministic``, one intra-op thread as in the suite) measured AP50 0.358, AP 0.168
+# in a clean-clone CI run (0.4145 / 0.188 with the default threads). Bars: AP50 >= 0.25,
+# AP >= 0.1 (the 20% margin needs >= 0.30 / >= 0.12); the untrained head scores AP50 < 0.01.
 SSD_LEARN = ["--head", "ssd", "--epochs", "3", "--eval-every", "3", "--deterministic"]
 
 
@@ -124,7 +125,7 @@ def test_ssd_head_preset_learns(tmp_path):
     proc = recipe(*SSD_LEARN, "--no-saved-model", "--output-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["map50"] >= 0.3 and metrics["map"] >= 0.12, metrics  # measured AP50 0.4145, AP 0.188
+    assert metrics["map50"] >= 0.25 and metrics["map"] >= 0.1, metrics  # measured AP50 0.358, AP 0.168
     assert (metrics["head"], metrics["backbone"], metrics["loss"]) == ("ssd", "v1", "sigmoid_hard_negative_mining")
     model = keras.models.load_model(run_dir / "model.keras")
     assert model.get_layer("extra1_conv").kernel.shape[:2] == (3, 3)  # regular convolutions
