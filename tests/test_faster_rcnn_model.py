@@ -120,6 +120,9 @@ def test_rpn_targets_thresholds_force_match_and_outside_anchors():
     assert positive.numpy()[0].tolist() == [True, True, False, False, False, False, True]
     assert negative.numpy()[0].tolist() == [False, False, True, False, True, False, False]
     np.testing.assert_allclose(codes.numpy()[0, 0], [0, 0, 0, 0], atol=1e-5)
+    empty = {key: value[:, 2:] for key, value in gt.items()}  # only the padding row: no objects
+    positive, negative, _ = losses.rpn_targets(anchor_boxes, inside, empty)
+    assert not positive.numpy().any() and negative.numpy()[0].tolist() == inside.numpy().tolist()
 
 
 def test_balanced_sampling_caps_positives_and_fills_with_negatives():

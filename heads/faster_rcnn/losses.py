@@ -71,7 +71,7 @@ def rpn_targets(anchors, inside, gt):
     forced = tf.reduce_any((overlaps >= best_for_gt) & (best_for_gt > 0) & tf.cast(gt["valid"], tf.bool)[:, None, :],
                            axis=2)
     positive = ((best >= RPN_POSITIVE_IOU) | forced) & inside[None]
-    negative = (best < RPN_NEGATIVE_IOU) & (best >= 0) & ~positive
+    negative = (best < RPN_NEGATIVE_IOU) & inside[None] & ~positive  # an image without boxes: all inside
     codes = box_coder.encode(tf.gather(gt["boxes"], matched_gt, batch_dims=1), tiled)
     return positive, negative, codes
 
