@@ -41,7 +41,7 @@ def test_grid_anchors_follow_the_reference_generator():
     assert ratios == sorted([2.0, 1.0, 0.5] * 4)  # height / width = 1 / aspect ratio
 
 
-def test_two_stages_end_to_end_on_a_padded_batch():
+def test_two_stages_end_to_end_on_a_padded_batch_and_as_a_saved_model(tmp_path):
     model = frcnn.build_faster_rcnn("v1", num_classes=5, alpha=0.25, max_proposals=20)
     images = tf.random.uniform((2, 128, 160, 3), 0, 255, seed=1)
     out = model(images)
@@ -58,6 +58,12 @@ def test_two_stages_end_to_end_on_a_padded_batch():
     assert len(names) == len(set(names))
     detections = frcnn.detect(out)
     num = detections["num_detections"].numpy()
+    # The SavedModel detector (any image size) gives the same detections.
+    served = tf.saved_model.load(frcnn.save_detector(model, str(tmp_path / "detector")))
+    again = served.signatures["serving_default"](images=images)
+    np.testing.assert_array_equal(again["num_detections"].numpy(), num)
+    np.testing.assert_allclose(again["boxes"].numpy(), detections["boxes"].numpy(), atol=1e-5)
+    assert served.signatures["serving_default"](images=tf.zeros((1, 96, 200, 3)))["boxes"].shape == (1, 100, 4)
     assert detections["boxes"].shape == (2, 100, 4) and np.all(num > 0)
     classes = detections["classes"].numpy()
     assert all(1 <= classes[i, :n].min() and classes[i, :n].max() <= 4 for i, n in enumerate(num))

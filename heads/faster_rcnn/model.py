@@ -27,6 +27,7 @@ turns the outputs into detections (per-class NMS at IoU 0.6, softmax scores).
 import tensorflow as tf
 
 import mobilenet_tf
+from mobilenet_tf import export
 from mobilenet_tf._keras import keras, layers
 from mobilenet_tf.heads.faster_rcnn import anchors as anchors_lib, losses as losses_lib
 from mobilenet_tf.heads.ssdlite import box_coder
@@ -216,6 +217,15 @@ def detect(outputs, score_threshold=1e-8, max_detections=MAX_DETECTIONS, iou_thr
         iou_threshold=iou_threshold, score_threshold=score_threshold, clip_boxes=False)
     return {"boxes": nms.nmsed_boxes, "scores": nms.nmsed_scores, "classes": tf.cast(nms.nmsed_classes, tf.int32) + 1,
             "num_detections": nms.valid_detections}
+
+
+def save_detector(model, path, score_threshold=1e-8):
+    """A SavedModel of the whole detector: ``serving_default`` takes "images" (B, H, W, 3)
+    float32 pixels in [0, 255] of any size and returns ``detect``'s boxes, scores,
+    classes and num_detections. Returns ``path``."""
+    spec = tf.TensorSpec((None, None, None, 3), tf.float32, name="images")
+    return export.save_function(model, lambda images: detect(model(images, training=False), score_threshold),
+                                spec, path)
 
 
 def profile(model, image_size):
