@@ -16,7 +16,7 @@ class COCOEvaluator:
     Args:
         split: the ``DetectionSplit`` evaluated (class names, category ids).
         eval_ds: its ``data.make_eval_pipeline`` batches (images, info).
-        activation: "sigmoid" (focal loss) or "softmax" class scores.
+        activation: "sigmoid" or "softmax" class scores (``losses.ACTIVATIONS[loss]``).
     """
 
     result_keys = ("map", "map50", "map75")  # what a call returns (``fit`` logs val_<key>)

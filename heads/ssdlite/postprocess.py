@@ -24,7 +24,8 @@ def postprocess(outputs, anchors, score_threshold=1e-8, iou_threshold=IOU_THRESH
         outputs: {"boxes": (B, A, 4) codes, "classes": (B, A, C) logits}.
         anchors: (A, 4).
         score_threshold: 1e-8 for COCO evaluation, higher (e.g. 0.3) for display.
-        activation: "sigmoid" (focal loss) or "softmax" (hard negative mining).
+        activation: "sigmoid" (focal or sigmoid hard-negative loss) or "softmax" (softmax
+            hard-negative loss): ``losses.ACTIVATIONS[loss]``.
 
     Returns:
         dict of boxes (B, K, 4) clipped to [0, 1], scores (B, K), classes (B, K)
