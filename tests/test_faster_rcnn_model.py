@@ -159,6 +159,7 @@ def test_detection_targets_and_losses_by_hand():
 MIRRORED_FIT = """
 import json
 import numpy as np, tensorflow as tf
+from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.faster_rcnn import model as frcnn
 from mobilenet_tf.training import strategy as strategy_lib
 
