@@ -20,7 +20,7 @@ Ground truth: normalised ``boxes`` (B, N, 4), ``classes`` (B, N) ids >= 1 and ``
 
 import tensorflow as tf
 
-from mobilenet_tf.heads.ssdlite import box_coder, losses as ssd_losses
+from mobilenet_tf.heads.ssdlite import box_coder, losses as ssd_losses, matcher
 
 RPN_POSITIVE_IOU, RPN_NEGATIVE_IOU = 0.7, 0.3  # the proposal stage's ArgMaxMatcher
 RPN_SAMPLES, RPN_POSITIVE_FRACTION = 256, 0.5  # first_stage_minibatch_size, positive_balance_fraction
@@ -31,15 +31,8 @@ LOCALIZATION_WEIGHT = 2.0  # first_ and second_stage_localization_loss_weight (c
 
 def batched_iou(boxes, gt_boxes, gt_valid):
     """(B, P, 4) boxes and (B, N, 4) ground truth -> (B, P, N) IoU; -1 against padding."""
-    gt_valid = tf.cast(gt_valid, tf.bool)
-    a, b = boxes[:, :, None, :], gt_boxes[:, None, :, :]
-    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
-    intersection = inter_h * inter_w
-    area = lambda box: tf.maximum(box[..., 2] - box[..., 0], 0.0) * tf.maximum(box[..., 3] - box[..., 1], 0.0)
-    union = area(a) + area(b) - intersection
-    overlaps = tf.where(union > 0, intersection / tf.maximum(union, 1e-12), 0.0)
-    return tf.where(gt_valid[:, None, :], overlaps, -1.0)
+    overlaps = matcher.broadcast_iou(boxes[:, :, None, :], gt_boxes[:, None, :, :])
+    return tf.where(tf.cast(gt_valid, tf.bool)[:, None, :], overlaps, -1.0)
 
 
 def sample(positive, negative, size, positive_fraction, seed=None):

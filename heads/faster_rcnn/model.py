@@ -145,14 +145,14 @@ class FasterRCNN(keras.Model):
         """The (A, 4) anchors of ``features`` over ``images`` (normalised, unclipped)."""
         return anchors_lib.grid_anchors(tf.shape(features)[1:3], tf.shape(images)[1:3], self.anchor_spec)
 
-    def _proposals(self, images, first):
-        """Proposals from anchors clipped to the image (as the reference at inference)."""
-        anchors = tf.clip_by_value(self.anchors(images, first["features"]), 0.0, 1.0)
-        return propose(first["rpn_boxes"], first["rpn_objectness"], anchors, self.max_proposals)
+    def _proposals(self, anchors, first):
+        """Proposals from the anchors clipped to the image (as the reference at inference)."""
+        return propose(first["rpn_boxes"], first["rpn_objectness"], tf.clip_by_value(anchors, 0.0, 1.0),
+                       self.max_proposals)
 
     def call(self, images, training=False):
         first = self.first_stage(images, training=training)
-        proposals, num_proposals = self._proposals(images, first)
+        proposals, num_proposals = self._proposals(self.anchors(images, first["features"]), first)
         second = self.second_stage(crop_regions(first["features"], proposals), training=training)
         batch, count = tf.shape(proposals)[0], tf.shape(proposals)[1]
         return {
@@ -171,7 +171,7 @@ class FasterRCNN(keras.Model):
         anchors = self.anchors(images, first["features"])
         inside = tf.reduce_all((anchors >= 0.0) & (anchors <= 1.0), axis=1)
         losses = losses_lib.rpn_losses(first["rpn_boxes"], first["rpn_objectness"], anchors, inside, gt)
-        proposals, num_proposals = self._proposals(images, first)
+        proposals, num_proposals = self._proposals(anchors, first)
         boxes, classes, positive, sampled, codes = losses_lib.sample_proposals(proposals, num_proposals, gt)
         second = self.second_stage(crop_regions(first["features"], boxes), training=training)
         batch, count = tf.shape(boxes)[0], tf.shape(boxes)[1]

@@ -15,8 +15,12 @@ BACKGROUND = -1
 
 def iou(boxes_a, boxes_b):
     """Pairwise IoU of (N, 4) and (M, 4) [ymin, xmin, ymax, xmax] boxes -> (N, M)."""
-    a = tf.convert_to_tensor(boxes_a, tf.float32)[:, None, :]
-    b = tf.convert_to_tensor(boxes_b, tf.float32)[None, :, :]
+    return broadcast_iou(tf.convert_to_tensor(boxes_a, tf.float32)[:, None, :],
+                         tf.convert_to_tensor(boxes_b, tf.float32)[None, :, :])
+
+
+def broadcast_iou(a, b):
+    """IoU of (..., 4) boxes ``a`` and ``b`` whose leading shapes broadcast together."""
     inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
     inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
     intersection = inter_h * inter_w
