@@ -56,14 +56,15 @@ from mobilenet_tf.training.config import field  # noqa: E402
 REAL_DEFAULTS = dict(alpha=1.0, input_size=160, teacher_backbone="inception_resnet_v2", teacher_alpha=1.0,
                      teacher_epochs=50, epochs=50, identities_per_batch=45, images_per_identity=4,
                      optimizer="adagrad", learning_rate=0.05, teacher_learning_rate=0.05, triplet_weight=0.0,
-                     bn_momentum=0.99)
+                     bn_momentum=0.99, warmup_epochs=0.0)
 # The synthetic default: a wide teacher and a half-width student at 64 px, CPU minutes.
 # BN momentum 0.9: with a few hundred steps, 0.99's moving statistics would still
 # hold much of their initial values at evaluation (measured: 0.50 vs 0.76 verification
 # accuracy after the first epoch).
 SYNTHETIC_DEFAULTS = dict(alpha=0.5, input_size=64, teacher_backbone="v1", teacher_alpha=1.0, teacher_epochs=8,
                           epochs=8, identities_per_batch=16, images_per_identity=4, optimizer="adam",
-                          learning_rate=2e-3, teacher_learning_rate=2e-3, triplet_weight=0.0, bn_momentum=0.9)
+                          learning_rate=2e-3, teacher_learning_rate=2e-3, triplet_weight=0.0, bn_momentum=0.9,
+                          warmup_epochs=1.0)
 OPTIMIZERS = teacher_lib.OPTIMIZERS
 
 
@@ -94,6 +95,8 @@ class Config(config_lib.RunOptions):
     images_per_identity: Optional[int] = field(None, "K images per identity")
     optimizer: Optional[str] = field(None, "adagrad (FaceNet) | adam | sgd", choices=list(OPTIMIZERS))
     learning_rate: Optional[float] = field(None, "student lr, cosine-decayed")
+    warmup_epochs: Optional[float] = field(None, "linear lr warmup from 0 before the cosine decay (teacher and "
+                                                 "student)")
     bn_momentum: Optional[float] = field(None, "BatchNormalization momentum")
     margin: float = field(losses.FACENET_MARGIN, "triplet margin (FaceNet 0.2)")
     mining: str = field("semi_hard", "triplet mining", choices=list(losses.MINING))
@@ -155,6 +158,8 @@ class FaceNetDistill(recipe.Recipe):
         if config.train_dir is not None and not (config.data_dir or config.lfw_dir or config.eval_dir):
             raise ValueError("with --train-dir, say what to evaluate on: --data-dir (TFDS lfw), --lfw-dir (with "
                              "--pairs-file) or --eval-dir (held-out identity folders).")
+        if config.warmup_epochs < 0:
+            raise ValueError(f"`--warmup-epochs` must be >= 0, got {config.warmup_epochs}.")
         losses.check_loss_options(config.margin, config.mining, config.triplet_weight, config.distill_weight)
         return config
 
@@ -199,7 +204,10 @@ class FaceNetDistill(recipe.Recipe):
         def build():
             model = build_model()
             schedules.configure_batchnorm(model, momentum=config.bn_momentum)
-            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch)
+            warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), epochs * steps_per_epoch - 1)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                0.0 if warmup_steps else learning_rate, epochs * steps_per_epoch - warmup_steps,
+                warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
             return model, OPTIMIZERS[config.optimizer](schedule), loss, []
 
         run = self.run if directory == self.run.root else run_dir.RunDir(directory)
