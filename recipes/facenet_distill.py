@@ -44,7 +44,6 @@ import numpy as np  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf.heads.facenet import data, losses, model as model_lib, teacher as teacher_lib  # noqa: E402
 from mobilenet_tf.heads.facenet import verification  # noqa: E402
-from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.training import config as config_lib, recipe, run_dir, schedules  # noqa: E402
 from mobilenet_tf.training.fit import run_training  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
@@ -204,10 +203,7 @@ class FaceNetDistill(recipe.Recipe):
         def build():
             model = build_model()
             schedules.configure_batchnorm(model, momentum=config.bn_momentum)
-            warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), epochs * steps_per_epoch - 1)
-            schedule = keras.optimizers.schedules.CosineDecay(
-                0.0 if warmup_steps else learning_rate, epochs * steps_per_epoch - warmup_steps,
-                warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+            schedule = schedules.warmup_cosine(0.0, learning_rate, epochs, steps_per_epoch, config.warmup_epochs)
             return model, OPTIMIZERS[config.optimizer](schedule), loss, []
 
         run = self.run if directory == self.run.root else run_dir.RunDir(directory)

@@ -256,11 +256,8 @@ def make_optimizer(config, steps_per_epoch):
 def learning_rate_schedule(config, steps_per_epoch):
     """Linear warmup then cosine decay to 0, lrs scaled from batch 512 to ours."""
     scale = config.global_batch_size / REFERENCE_BATCH
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        config.warmup_learning_rate * scale, decay_steps=max(total - warmup, 1), alpha=0.0,
-        warmup_target=config.learning_rate * scale, warmup_steps=warmup)
+    return schedules.warmup_cosine(config.warmup_learning_rate * scale, config.learning_rate * scale, config.epochs,
+                                   steps_per_epoch, config.warmup_epochs)
 
 
 Config, resolve, main, get_args_parser, cli = recipe.script(SSDLiteCOCO)

@@ -82,6 +82,15 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                     decay_epochs=self.decay_epochs, warmup_epochs=self.warmup_epochs)
 
 
+def warmup_cosine(start_lr, peak_lr, epochs, steps_per_epoch, warmup_epochs):
+    """Linear warmup from ``start_lr`` to ``peak_lr`` over ``warmup_epochs`` (at most all
+    but the last step), then cosine decay to 0 at ``epochs * steps_per_epoch``."""
+    total = epochs * steps_per_epoch
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
+    return keras.optimizers.schedules.CosineDecay(start_lr, decay_steps=max(total - warmup, 1), alpha=0.0,
+                                                  warmup_target=peak_lr, warmup_steps=warmup)
+
+
 def scaled_lr(schedule, global_batch_size, base_lr=None):
     """Linear scaling rule: the schedule's lr at its reference batch, scaled to ours."""
     return (base_lr if base_lr is not None else schedule.base_lr) * global_batch_size / schedule.reference_batch
