@@ -128,24 +128,6 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow(seconds=58)
-def test_multi_worker_two_local_workers_end_with_the_same_weights(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    run_dir = tmp_path / "run"
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        procs.append(recipe(*TINY, "--epochs", "1", "--strategy", "multi_worker", "--output-dir", str(run_dir),
-                            env={"TF_CONFIG": tf_config}, wait=False))
-    outputs = [p.communicate(timeout=1800)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    assert read_metrics(run_dir)["replicas"] == 2
-    chief = h5_arrays(run_dir / "last.weights.h5")
-    other = h5_arrays(run_dir / "workers" / "worker_1" / "last.weights.h5")
-    assert len(chief) == len(other) > 100
-    assert all(np.array_equal(a, b) for a, b in zip(chief, other))
-
-
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "not_a_dataset"], "unknown dataset 'not_a_dataset'"),
     (["--schedule", "v9"], "invalid choice: 'v9'"),

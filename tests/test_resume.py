@@ -260,6 +260,8 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
 
 @pytest.mark.slow(seconds=71)
 def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
+    """Two local MultiWorkerMirroredStrategy workers: a killed worker stops the chief
+    with a message; restarted, both resume and end with the same weights (two replicas)."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "3", "--steps-per-epoch", "12", "--strategy", "multi_worker",
@@ -302,7 +304,8 @@ def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     other = h5_arrays(run_dir / "workers" / "worker_1" / "last.weights.h5")
     assert len(chief_weights) == len(other) > 100
     assert all(np.array_equal(a, b) for a, b in zip(chief_weights, other))
-    assert read_metrics(run_dir)["epochs"] == 3
+    metrics = read_metrics(run_dir)
+    assert metrics["epochs"] == 3 and metrics["replicas"] == 2
 
 
 def test_scheduled_evaluation_skips_epochs_and_needs_no_first_pass_when_keys_are_named():

@@ -215,8 +215,11 @@ def make_pairs(split, num_folds=LFW_FOLDS, pairs_per_fold=LFW_PAIRS_PER_FOLD, se
     folds = np.array_split(rng.permutation(split.num_identities), num_folds)
     first, second, same, fold_ids = [], [], [], []
     for f, people in enumerate(folds):
-        matched = _distinct_pairs(rng, pairs_per_fold, lambda: _matched_pair(rng, people, members))
-        mismatched = _distinct_pairs(rng, pairs_per_fold, lambda: _mismatched_pair(rng, people, members))
+        sizes = np.array([len(members[p]) for p in people])
+        matched = _distinct_pairs(rng, min(pairs_per_fold, int(np.sum(sizes * (sizes - 1) // 2))),
+                                  lambda: _matched_pair(rng, people, members))
+        mismatched = _distinct_pairs(rng, min(pairs_per_fold, int((sizes.sum() ** 2 - np.sum(sizes ** 2)) // 2)),
+                                     lambda: _mismatched_pair(rng, people, members))
         if not matched:
             raise ValueError(f"fold {f} has no identity with 2 images: add images or use fewer folds.")
         for pairs, is_same in ((matched, True), (mismatched, False)):
@@ -242,6 +245,10 @@ def _mismatched_pair(rng, people, members):
 
 
 def _distinct_pairs(rng, count, draw, attempts_per_pair=20):
+    """Up to ``count`` distinct pairs from ``draw()`` (None: none possible), in draw
+    order. ``count`` at most the number of distinct pairs there are, so that a small
+    fold stops when it has them all instead of drawing ``count * attempts_per_pair``
+    times (20 identities of 10 images: 6.6 s of draws per ``make_pairs``)."""
     pairs = []
     seen = set()
     for _ in range(count * attempts_per_pair):
