@@ -401,8 +401,11 @@ def run_training(
                       steps_per_execution=options.steps_per_execution)
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        build_compiled_state(model, train_ds)
+    # Restore first: a checkpoint that does not fit these settings is refused with its
+    # own message before the data's shapes are checked against the model.
     initial_epoch = restore_training_state(model, run, steps_per_epoch, ema)
+    with strategy.scope():
+        build_compiled_state(model, train_ds)
     # backup/ exists from now until training finishes: a kill before the first epoch's
     # backup (history.csv may already have its row) then resumes through it, from epoch 0.
     os.makedirs(run.path("backup"), exist_ok=True)
@@ -424,7 +427,7 @@ def build_compiled_state(model, dataset):
     Keras builds them up front only under a distribution strategy's scope; on the
     default strategy they are created inside the first trace, and TensorFlow then
     traces the train function a second time to run it without creating variables
-    (measured: the SSDLite recipe's first epoch of 5 steps, 35 s -> 25 s on 2 CPU cores).
+    (for the SSDLite recipe about a third of its first epoch).
     Uses ``Trainer._symbolic_build`` (the method Keras' own ``fit`` calls under a
     strategy); a Keras without it keeps the lazy build."""
     symbolic_build = getattr(model, "_symbolic_build", None)
