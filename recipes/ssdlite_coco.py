@@ -30,19 +30,15 @@ NMS in the graph), and optionally TFLite detectors.
 """
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
-import mobilenet_tf  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
 from mobilenet_tf.heads import ssdlite  # noqa: E402
-from mobilenet_tf.heads.ssdlite import data, deploy, evaluation, losses, visualize  # noqa: E402
-from mobilenet_tf.training import config as config_lib, recipe, schedules  # noqa: E402
+from mobilenet_tf.heads.ssdlite import data, deploy, evaluation, losses  # noqa: E402
+from mobilenet_tf.training import config as config_lib, detection, recipe, schedules  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 COCO_TRAIN_IMAGES = 118_287
@@ -129,14 +125,11 @@ class Config(config_lib.RunOptions):
                                                   "--no-reduced-tail for V3)")
 
 
-class SSDLiteCOCO(recipe.Recipe):
+class SSDLiteCOCO(detection.COCODetectionRecipe):
     """Detection: SSDLite or SSD 300, COCO mAP every --eval-every epochs."""
 
     Config = Config
-    real_dataset = "coco/2017"
-    real_dataset_note = " (or name coco/2014)"
     at_least_one = ("epochs", "global_batch_size", "eval_batch_size", "eval_every", "shuffle_buffer")
-    monitor, plot_metric = "val_map", "map"
     tflite_formats, tflite_name = TFLITE_FORMATS, "detector"
 
     @classmethod
@@ -145,32 +138,8 @@ class SSDLiteCOCO(recipe.Recipe):
         label = super().preset_label(config)  # "synthetic" or "coco"
         return label if config.head == "ssdlite" else f"ssd {label}"
 
-    @classmethod
-    def validate(cls, config):
-        mobilenet_tf.registry.get_entry(config.backbone)  # unknown name -> ValueError
-        if config.dataset == "synthetic" and not 2 <= config.synthetic_classes <= 255:
-            raise ValueError(f"`--synthetic-classes` must be in [2, 255]; got {config.synthetic_classes}.")
-        if config.weights and not os.path.isfile(config.weights):
-            raise ValueError(f"`--weights` {config.weights!r} is not a file.")
-        return config
-
-    synthetic_split = staticmethod(data.synthetic_split)
-
     def synthetic_size(self):
         return self.config.input_size
-
-    def load_splits(self):
-        train, val = super().load_splits()
-        config = self.config
-        if config.eval_examples:
-            val = dataclasses.replace(val, dataset=val.dataset.take(config.eval_examples),
-                                      num_examples=min(val.num_examples, config.eval_examples))
-        return train, val
-
-    def load_real_splits(self):
-        config = self.config
-        train = None if config.eval_only else data.coco_split("train", config.data_dir, name=config.dataset)
-        return train, data.coco_split("validation", config.data_dir, name=config.dataset)
 
     def build_model(self, backbone_weights=None):
         config = self.config
@@ -207,25 +176,13 @@ class SSDLiteCOCO(recipe.Recipe):
 
     def final_metrics(self, model, history):
         config = self.config
-        self.results, self.detections = self.evaluator.final(model)
-        return dict(self.results, head=config.head, backbone=config.backbone, alpha=config.alpha,
-                    dataset=config.dataset, input_size=config.input_size, num_classes=self.val_split.num_classes,
-                    loss=config.loss,
-                    eval_images=self.val_split.num_examples, detections=len(self.detections),
-                    dropped_eval_boxes=self.evaluator.dropped_boxes)
+        return dict(super().final_metrics(model, history), head=config.head, input_size=config.input_size,
+                    loss=config.loss)
 
     def write_outputs(self, model, metrics):
-        run = self.run
-        with open(run.path("detections.json"), "w") as f:
-            json.dump(self.detections, f)
-        with open(run.path("ground_truth.json"), "w") as f:
-            json.dump(self.evaluator.ground_truth, f)
-        images, info = next(iter(self.val_ds))
-        out = {key: value.numpy() for key, value in self.evaluator.detector(model)(images).items()}
-        visualize.save_grid(np.asarray(images), {key: np.asarray(info[key]) for key in ("boxes", "classes", "valid")},
-                            out, self.val_split.class_names, run.path("detections.png"), self.config.display_threshold)
+        super().write_outputs(model, metrics)
         if self.config.saved_model:
-            deploy.save_detector(model, run.path("detector"), activation=self.activation)
+            deploy.save_detector(model, self.run.path("detector"), activation=self.activation)
 
     def calibration_images(self, split, count):
         shuffled = recipe.shuffled_split(split, count, self.config.seed, buffer=self.config.shuffle_buffer)
@@ -234,11 +191,6 @@ class SSDLiteCOCO(recipe.Recipe):
     def to_tflite(self, model, fmt, path, calibration, count):
         return deploy.to_tflite_detector(model, path, quantization=fmt, representative_images=calibration,
                                          activation=self.activation, calibration_steps=count)
-
-    def summary(self, metrics):
-        shown = {key: "n/a" if self.results[key] is None else f"{self.results[key]:.4f}"
-                 for key in ("map", "map50", "map75")}
-        return f"COCO AP {shown['map']}  AP50 {shown['map50']}  AP75 {shown['map75']}  " + super().summary(metrics)
 
 
 def make_optimizer(config, steps_per_epoch):

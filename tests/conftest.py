@@ -121,6 +121,23 @@ def read_metrics(run_dir):
     return json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
 
 
+def read_history(run_dir):
+    """history.csv as {column: [value per epoch]} (floats; the header's columns only)."""
+    lines = (pathlib.Path(run_dir) / "history.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return {name: [float(line.split(",")[i]) for line in lines[1:]] for i, name in enumerate(header)}
+
+
+def one_worker_tf_config():
+    """TF_CONFIG of a one-worker MultiWorkerMirroredStrategy cluster on a free local port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return json.dumps({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})
+
+
 def run_legacy_keras(script, timeout=1200):
     """Run a Python ``script`` under tf_keras (TF_USE_LEGACY_KERAS=1, as TFMOT needs) in a
     fresh process; it prints ``RESULT`` + json, returned parsed."""

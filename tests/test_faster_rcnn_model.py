@@ -69,11 +69,16 @@ def test_two_stages_end_to_end_on_a_padded_batch_and_as_a_saved_model(tmp_path):
     assert all(1 <= classes[i, :n].min() and classes[i, :n].max() <= 4 for i, n in enumerate(num))
 
 
-def test_other_backbones_take_their_stride_16_tap():
-    model = frcnn.build_faster_rcnn("v3_small", num_classes=3, alpha=0.5, max_proposals=8, second_stage_stride=2)
+@pytest.mark.parametrize("backbone, alpha", [("v3_small", 0.5), ("v2", 0.35)])
+def test_other_backbones_take_their_stride_16_tap_and_train(backbone, alpha):
+    model = frcnn.build_faster_rcnn(backbone, num_classes=3, alpha=alpha, max_proposals=8, second_stage_stride=2)
     out = model(tf.zeros((1, 160, 160, 3)))
     assert out["classes"].shape == (1, 8, 3)
     assert model.second_stage.input_shape[1:3] == (7, 7)
+    model.compile(optimizer="sgd")
+    gt = _ground_truth([[0.2, 0.2, 0.7, 0.7]], [2])
+    logs = model.train_on_batch(tf.random.uniform((1, 160, 160, 3), 0, 255, seed=3), gt, return_dict=True)
+    assert set(logs) == set(frcnn.LOSS_NAMES) and all(np.isfinite(v) for v in logs.values()), logs
 
 
 def test_detect_decodes_per_class_boxes_and_ignores_padding_proposals():
@@ -190,3 +195,44 @@ def test_fit_trains_both_stages_on_one_scene_under_mirrored_strategy():
     for name in ("loss", "rpn_objectness", "classification"):
         assert history[name][-1] < 0.5 * history[name][0], (name, history[name])
     assert all(np.isfinite(history["box"])) and all(np.isfinite(history["rpn_box"]))
+
+
+def _one_step_update(policy):
+    """The RPN conv kernel's change in one SGD step from seed-0 weights under ``policy``;
+    the model's outputs and detections."""
+    from mobilenet_tf._keras import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        model = frcnn.build_faster_rcnn("v1", num_classes=3, alpha=0.25, max_proposals=8, second_stage_stride=2)
+        images = tf.random.uniform((2, 128, 128, 3), 0, 255, seed=4)
+        out = model(images)
+        gt = _ground_truth([[0.2, 0.2, 0.7, 0.7]], [1])
+        gt = {key: tf.concat([value, value], axis=0) for key, value in gt.items()}
+        optimizer = keras.optimizers.SGD(0.01)
+        if policy == "mixed_float16":  # what compile() wraps it in, starting below float16's overflow
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0 ** 8)
+        model.compile(optimizer=optimizer)
+        kernel = model.first_stage.get_layer("rpn_conv").kernel
+        before = kernel.numpy()
+        logs = model.train_on_batch(images, gt, return_dict=True)
+        return model, out, logs, kernel.numpy() - before
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.slow(seconds=12)
+def test_mixed_precision_computes_float16_and_scales_the_loss():
+    """Under ``mixed_float16`` (``--mixed-precision``) the stages compute in float16, the
+    outputs, detections and losses are float32, and a training step moves the weights
+    as float32's does (the loss is scaled for the LossScaleOptimizer, which unscales the
+    gradients; its first steps at the default scale 2^15 overflow and are skipped)."""
+    model, out, logs, update = _one_step_update("mixed_float16")
+    assert model.first_stage.get_layer("rpn_conv").compute_dtype == "float16"
+    assert {out[key].dtype for key in ("rpn_boxes", "rpn_objectness", "classes", "boxes")} == {tf.float32}
+    assert frcnn.detect(out)["boxes"].dtype == tf.float32
+    assert all(np.isfinite(value) for value in logs.values()), logs
+    _, _, _, reference = _one_step_update("float32")
+    ratio = np.linalg.norm(update) / np.linalg.norm(reference)
+    assert 0.5 < ratio < 2.0, ratio  # an unscaled loss: 1 / 256 (the gradients divided by the scale)

@@ -7,7 +7,7 @@ import sys
 BELOW_TRAINING = ["mobilenet_tf", "mobilenet_tf.export", "mobilenet_tf.benchmark", "mobilenet_tf.compress",
                   "mobilenet_tf.walkers", "mobilenet_tf.profile", "mobilenet_tf.weights", "mobilenet_tf.zoo",
                   "mobilenet_tf.heads.ssdlite", "mobilenet_tf.heads.ssdlite.deploy", "mobilenet_tf.heads.lraspp",
-                  "mobilenet_tf.heads.facenet"]
+                  "mobilenet_tf.heads.facenet", "mobilenet_tf.heads.faster_rcnn"]
 
 
 def test_deployment_and_models_do_not_import_training():

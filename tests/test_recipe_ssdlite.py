@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
+from conftest import one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_refusal, run_script
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
@@ -174,20 +174,13 @@ def test_mirrored_ssd_head_with_hard_negative_mining(tmp_path):
 def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     """MultiWorkerMirroredStrategy (one worker here) takes the engine's own loop, which
     sums the two SSDLite losses per example; it trains, evaluates and checkpoints."""
-    from test_recipe_imagenet import _free_ports
-
-    tf_config = json.dumps({"cluster": {"worker": [f"localhost:{_free_ports(1)[0]}"]},
-                            "task": {"type": "worker", "index": 0}})
     proc = recipe(*TINY, "--epochs", "2", "--strategy", "multi_worker", "--output-dir", str(tmp_path / "run"),
-                  env={"TF_CONFIG": tf_config})
+                  env={"TF_CONFIG": one_worker_tf_config()})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    metrics = read_metrics(tmp_path / "run")
-    assert metrics["epochs"] == 2 and (tmp_path / "run" / "best.weights.h5").exists()
-    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
-    header = history[0].split(",")
-    losses = [float(line.split(",")[header.index("loss")]) for line in history[1:]]
-    assert all(np.isfinite(losses)) and losses[1] < losses[0]
-    assert "val_map" in header
+    assert read_metrics(tmp_path / "run")["epochs"] == 2 and (tmp_path / "run" / "best.weights.h5").exists()
+    history = read_history(tmp_path / "run")
+    assert all(np.isfinite(history["loss"])) and history["loss"][1] < history["loss"][0]
+    assert "val_map" in history
 
 
 @pytest.mark.parametrize("args, message", [

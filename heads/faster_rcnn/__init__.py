@@ -5,9 +5,11 @@
     >>> detections = faster_rcnn.detect(model(images))  # boxes, scores, classes, num_detections
 
 Modules: ``model`` (first stage, proposals, ROI crops, second stage, ``detect``,
-``profile``) and ``anchors`` (the grid anchor generator), with the TF Object Detection
-API's semantics for ``faster_rcnn_meta_arch`` and its MobileNet V1 feature extractor.
+``profile``), ``anchors`` (the grid anchor generator), ``losses`` (targets, sampling,
+losses) and ``data`` (keep-aspect-ratio resizing, padded batches), with the TF Object
+Detection API's semantics for ``faster_rcnn_meta_arch``, its MobileNet V1 feature
+extractor and the ``faster_rcnn_*`` configs. Trained by ``recipes/faster_rcnn_coco.py``.
 """
 
-from mobilenet_tf.heads.faster_rcnn import anchors, model  # noqa: F401
+from mobilenet_tf.heads.faster_rcnn import anchors, data, losses, model  # noqa: F401
 from mobilenet_tf.heads.faster_rcnn.model import build_faster_rcnn, detect  # noqa: F401

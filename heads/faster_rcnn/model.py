@@ -74,11 +74,7 @@ def build_faster_rcnn(backbone="v1", num_classes=91, alpha=None, reduced_tail=No
         backbone, alpha=alpha, reduced_tail=reduced_tail, input_shape=input_shape,
         output_stride=16 if second_stage_stride == 1 else 32, include_preprocessing=include_preprocessing,
         weights=backbone_weights)
-    tap = info.get(FEATURE_ENDPOINT)
-    if tap is None or tap.stride != 16 or LAST_ENDPOINT not in info:
-        strides = ", ".join(f"{key} (stride {feature.stride})" for key, feature in info.items())
-        raise ValueError(f"Faster R-CNN needs a stride-16 map {FEATURE_ENDPOINT!r} and layers after it; "
-                         f"{backbone!r} has {strides}. Use v1 (the paper's), v2, v3_large or v3_small.")
+    tap = check_backbone(backbone, info)
     c4 = features.output[FEATURE_ENDPOINT]
     boxes_per_location = anchor_spec.boxes_per_location
     x = layers.Conv2D(RPN_DEPTH, 3, padding="same", activation="relu6", name="rpn_conv")(c4)
@@ -102,6 +98,18 @@ def build_faster_rcnn(backbone="v1", num_classes=91, alpha=None, reduced_tail=No
     }, name="second_stage")
     return FasterRCNN(first_stage, second_stage, num_classes, max_proposals, anchor_spec,
                       name=name or f"faster_rcnn_{backbone}")
+
+
+def check_backbone(backbone, info):
+    """The stride-16 tap's ``FeatureInfo`` of ``info`` ({endpoint: FeatureInfo}, the
+    backbone's features); ``ValueError`` unless it has a stride-16 "C4" and layers
+    after it (a "C5")."""
+    tap = info.get(FEATURE_ENDPOINT)
+    if tap is None or tap.stride != 16 or LAST_ENDPOINT not in info:
+        strides = ", ".join(f"{key} (stride {feature.stride})" for key, feature in info.items())
+        raise ValueError(f"Faster R-CNN needs a stride-16 map {FEATURE_ENDPOINT!r} and layers after it; "
+                         f"{backbone!r} has {strides}. Use v1 (the paper's), v2, v3_large or v3_small.")
+    return tap
 
 
 def propose(rpn_boxes, rpn_objectness, anchors, max_proposals, iou_threshold=RPN_IOU_THRESHOLD):
@@ -136,6 +144,7 @@ class FasterRCNN(keras.Model):
         self.num_classes, self.max_proposals, self.anchor_spec = num_classes, max_proposals, anchor_spec
 
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        self.built = True  # both stages are built models: weights load (resume, --weights) before a first call
 
     @property
     def metrics(self):
@@ -193,7 +202,9 @@ class FasterRCNN(keras.Model):
         with tf.GradientTape() as tape:
             losses = self.compute_training_losses(images, gt, training=True)
             total = tf.add_n(list(losses.values()) + list(self.losses))
-            scaled = total / replicas
+            # (Mixed precision: ``compile`` wrapped the optimizer in a LossScaleOptimizer,
+            # whose ``apply`` unscales the gradients of this scaled loss.)
+            scaled = self.optimizer.scale_loss(total / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._track(losses, total)

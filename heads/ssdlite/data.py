@@ -210,6 +210,12 @@ def flip_left_right(image, boxes):
     return tf.image.flip_left_right(image), tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
 
 
+def random_flip(image, boxes, seed=None):
+    """``flip_left_right`` with probability 1/2."""
+    flip = tf.random.uniform((), seed=_seed(seed, 11)) < 0.5
+    return tf.cond(flip, lambda: flip_left_right(image, boxes), lambda: (image, boxes))
+
+
 def _pad_rows(tensor, rows):
     """The first ``rows`` rows of ``tensor``, zero-padded to exactly ``rows``."""
     tensor = tensor[:rows]
@@ -232,8 +238,7 @@ def augment(image, objects, num_classes, input_size, *, zoom_out=False, jitter=F
     if zoom_out:
         image, boxes = random_zoom_out(image, boxes, seed=seed)
     image, boxes, valid = random_ssd_crop(image, boxes, valid, seed)
-    flip = tf.random.uniform((), seed=_seed(seed, 11)) < 0.5
-    image, boxes = tf.cond(flip, lambda: flip_left_right(image, boxes), lambda: (image, boxes))
+    image, boxes = random_flip(image, boxes, seed)
     image = tf.image.resize(image, (input_size, input_size))
     boxes, valid, _ = clean_boxes(boxes, objects["classes"], valid, num_classes)
     return tf.clip_by_value(image, 0.0, 255.0), boxes, objects["classes"], valid
@@ -262,6 +267,22 @@ def make_train_pipeline(split, anchors, *, input_size, batch_size, zoom_out=Fals
                    shuffle_buffer=shuffle_buffer, deterministic=deterministic, seed=seed)
 
 
+def eval_info(shape, objects, num_classes, max_boxes=MAX_BOXES):
+    """One example's evaluation info (see ``make_eval_pipeline``); ``shape``: the
+    original image's."""
+    num = tf.shape(objects["boxes"])[0]
+    boxes, valid, dropped = clean_boxes(objects["boxes"], objects["classes"], tf.ones((num,), tf.bool),
+                                        num_classes, min_side=0.0)
+    # Valid boxes first; those beyond ``max_boxes`` cannot be kept and are counted as dropped.
+    order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)
+    overflow = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.int32)) - max_boxes, 0)
+    padded = {key: _pad_rows(tf.gather(value, order), max_boxes) for key, value in dict(
+        boxes=boxes, classes=tf.cast(objects["classes"], tf.int32), crowd=objects["crowd"],
+        area=objects["area"], valid=valid).items()}
+    return {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "dropped": dropped + overflow,
+            **padded}
+
+
 def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
     """Finite batches of ``(images (B, S, S, 3) float32, info)``; ``info`` has
     "image_id", "height", "width" (the original size), and padded ground truth
@@ -270,20 +291,8 @@ def make_eval_pipeline(split, *, input_size, batch_size, max_boxes=MAX_BOXES):
     invalid or as beyond ``max_boxes``."""
 
     def prepare(image, objects):
-        shape = tf.shape(image)
         resized = tf.image.resize(tf.cast(image, tf.float32), (input_size, input_size))
-        num = tf.shape(objects["boxes"])[0]
-        boxes, valid, dropped = clean_boxes(objects["boxes"], objects["classes"], tf.ones((num,), tf.bool),
-                                            split.num_classes, min_side=0.0)
-        # Valid boxes first; those beyond ``max_boxes`` cannot be kept and are counted as dropped.
-        order = tf.argsort(tf.cast(~valid, tf.int32), stable=True)
-        overflow = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.int32)) - max_boxes, 0)
-        padded = {key: _pad_rows(tf.gather(value, order), max_boxes) for key, value in dict(
-            boxes=boxes, classes=tf.cast(objects["classes"], tf.int32), crowd=objects["crowd"],
-            area=objects["area"], valid=valid).items()}
-        dropped = dropped + overflow
-        info = {"image_id": objects["image_id"], "height": shape[0], "width": shape[1], "dropped": dropped, **padded}
-        return tf.clip_by_value(resized, 0.0, 255.0), info
+        return tf.clip_by_value(resized, 0.0, 255.0), eval_info(tf.shape(image), objects, split.num_classes, max_boxes)
 
     return batched(split.dataset, prepare, training=False, batch_size=batch_size, num_examples=split.num_examples,
                    shuffle_buffer=1)

@@ -5,6 +5,8 @@
     >>> evaluator(model)            # {"map": ..., "map50": ..., "map75": ...}
 """
 
+import numpy as np
+
 from mobilenet_tf.heads.ssdlite import coco_eval, data, postprocess
 
 
@@ -15,23 +17,30 @@ class COCOEvaluator:
 
     Args:
         split: the ``DetectionSplit`` evaluated (class names, category ids).
-        eval_ds: its ``data.make_eval_pipeline`` batches (images, info).
+        eval_ds: its ``data.make_eval_pipeline`` batches (images, info); where info
+            has a "window" (B, 2) (padded batches: the image's extent in the canvas,
+            ``faster_rcnn.data``), detected boxes are normalised to the canvas.
         activation: "sigmoid" or "softmax" class scores (``losses.ACTIVATIONS[loss]``).
+        make_detector: ``model -> (images -> {"boxes", "scores", "classes",
+            "num_detections"})``; default: SSD decoding + NMS
+            (``postprocess.build_inference_model``).
     """
 
     result_keys = ("map", "map50", "map75")  # what a call returns (``fit`` logs val_<key>)
 
-    def __init__(self, split, eval_ds, activation="sigmoid"):
+    def __init__(self, split, eval_ds, activation="sigmoid", make_detector=None):
         self.split, self.eval_ds, self.activation = split, eval_ds, activation
+        self.make_detector = make_detector or (
+            lambda model: postprocess.build_inference_model(model, activation=activation))
         images, self.dropped_boxes = data.ground_truth_images(eval_ds)
         self.ground_truth = coco_eval.ground_truth(images, split.class_names, split.category_ids)
         self.last = None
-        self._detector = None
+        self._detector = self._detector_model = None
 
     def detector(self, model):
-        """The ``Detector`` (decode + NMS, traced once) for ``model``."""
-        if self._detector is None or self._detector.model is not model:
-            self._detector = postprocess.build_inference_model(model, activation=self.activation)
+        """The detector (``make_detector``, traced once) for ``model``."""
+        if self._detector is None or self._detector_model is not model:
+            self._detector, self._detector_model = self.make_detector(model), model
         return self._detector
 
     def detect(self, model):
@@ -39,10 +48,13 @@ class COCOEvaluator:
         detector = self.detector(model)
         results = []
         for images, info in self.eval_ds.as_numpy_iterator():
-            out = {key: value.numpy() for key, value in detector(images).items()}
+            out = {key: np.asarray(value) for key, value in detector(images).items()}
+            boxes = out["boxes"]
+            if "window" in info:  # canvas -> image coordinates
+                boxes = np.minimum(boxes / np.tile(info["window"], 2)[:, None, :], 1.0)
             for i in range(len(out["num_detections"])):
                 results += coco_eval.detections(
-                    info["image_id"][i], info["height"][i], info["width"][i], out["boxes"][i], out["scores"][i],
+                    info["image_id"][i], info["height"][i], info["width"][i], boxes[i], out["scores"][i],
                     out["classes"][i], out["num_detections"][i], self.split.category_ids)
         return results
 

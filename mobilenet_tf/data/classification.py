@@ -147,10 +147,11 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
 
 
 def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buffer, repeat=None,
-            deterministic=False, seed=0):
+            deterministic=False, seed=0, padded=False):
     """What every input pipeline ends with: shuffle (training) and repeat (``repeat``,
     default: when training), ``prepare`` each example in parallel, batch (dropping
-    the last partial batch in training), prefetch. ``deterministic`` fixes the order."""
+    the last partial batch in training; ``padded``: zero-padded to the batch's largest
+    example), prefetch. ``deterministic`` fixes the order."""
     if training:
         dataset = dataset.shuffle(min(shuffle_buffer, num_examples), seed=seed, reshuffle_each_iteration=True)
     repeat = training if repeat is None else repeat
@@ -159,4 +160,5 @@ def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buf
     options = tf.data.Options()
     options.deterministic = deterministic
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    batch = dataset.padded_batch if padded else dataset.batch
+    return batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

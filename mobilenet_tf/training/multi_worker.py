@@ -125,9 +125,12 @@ def custom_loop(model, optimizer, loss_fn, metrics, train_ds, eval_ds, epochs, s
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
-            predictions = model(x, training=True)
-            per_example = _per_example_loss(loss_fn, y, predictions)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if hasattr(model, "compute_training_losses"):  # a model with its own losses (Faster R-CNN)
+                losses = model.compute_training_losses(x, y)  # this replica's means: summed over replicas
+                loss = tf.add_n(list(losses.values())) / strategy.num_replicas_in_sync
+            else:
+                per_example = _per_example_loss(loss_fn, y, model(x, training=True))
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         grads = tape.gradient(loss, model.trainable_variables)

@@ -17,7 +17,7 @@ A recipe is a ``Recipe`` subclass; the skeleton (``Recipe.main``) runs::
                   common keys (precision_policy, replicas, params, madds, epochs,
                   train_seconds, images_per_second), curves.png, the task's files
                   (``write_outputs``), model.keras + saved_model/ (``export_model``;
-                  not with ``--no-saved-model``), the ``--tflite`` files, metrics.json,
+                  saved_model/ not with ``--no-saved-model``), the ``--tflite`` files, metrics.json,
                   then the training backups are deleted (``fit.finish_training``), the
                   ``summary`` line
 
@@ -123,7 +123,7 @@ class Recipe:
     loaded ``train_split`` / ``val_split``, ``run`` and ``steps_per_epoch``:
     ``validate`` (class method), ``load_splits``, ``prepare``, ``build``,
     ``train_dataset``, ``final_metrics``, ``write_outputs``, ``calibration_images``,
-    ``summary``; the others have defaults.
+    ``summary``; the others (``export_model``, ``profiled_model``, ...) have defaults.
     """
 
     Config = None
@@ -274,6 +274,10 @@ class Recipe:
     def write_outputs(self, model, metrics):
         """The task's own files in the run directory (before the exports)."""
 
+    def export_model(self, model):
+        """model.keras and, unless ``--no-saved-model``, saved_model/ (``reports.export_model``)."""
+        reports.export_model(model, self.run, self.config.saved_model)
+
     def calibration_images(self, split, count):
         """(1, H, W, 3) batches of ``split``'s images as evaluated, shuffled (the rule
         in this module's docstring); ``count`` of them are used."""
@@ -338,7 +342,7 @@ class Recipe:
         if history:
             reports.plot_history(history, run.path("curves.png"), metric=self.plot_metric)
         self.write_outputs(model, metrics)
-        reports.export_model(deployed, run, config.saved_model)
+        self.export_model(deployed)
         formats = export.parse_formats(config.tflite, self.tflite_formats)
         if formats:
             calibration, count = self.calibration_data()
