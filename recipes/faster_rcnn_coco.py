@@ -89,7 +89,8 @@ class Config(config_lib.RunOptions):
     learning_rate: Optional[float] = field(None, "lr per image of the batch (scaled by --global-batch-size); "
                                                  "cosine decay to 0 after the warmup on synthetic data, constant "
                                                  "on COCO (the configs')")
-    warmup_epochs: Optional[float] = field(None, "linear warmup epochs from 0.1 x the lr")
+    warmup_epochs: Optional[float] = field(None, "linear warmup epochs from 0.1 x the lr, before the cosine "
+                                                "decay (synthetic data only: COCO's lr is constant)")
     momentum: float = field(0.9, "SGD momentum")
     clip_norm: float = field(10.0, "clip gradients at this global norm (0: no clipping)")
     bn_momentum: Optional[float] = field(None, "BatchNormalization momentum")
@@ -122,6 +123,9 @@ class FasterRCNNCOCO(detection.COCODetectionRecipe):
             raise ValueError("`--tflite`: Faster R-CNN converts to TFLite only with Select TF ops "
                              "(CombinedNonMaxSuppression, CropAndResize), which the builtin TFLite runtime cannot "
                              "run; deploy detector/ (a SavedModel) instead.")
+        if config.dataset != "synthetic" and config.warmup_epochs:
+            raise ValueError("`--warmup-epochs` belongs to the synthetic preset's cosine schedule; on COCO the lr is "
+                             "constant, as in the faster_rcnn configs (leave the flag out).")
         low, high = data.IMAGE_SIZE_RANGE
         for name in ("image_size", "max_size"):
             value = getattr(config, name)

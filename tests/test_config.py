@@ -12,7 +12,7 @@ import pytest
 from mobilenet_tf.training import config as config_lib
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-RECIPES = ["imagenet", "lraspp_cityscapes", "facenet_distill", "ssdlite_coco", "compress"]
+RECIPES = ["imagenet", "lraspp_cityscapes", "facenet_distill", "ssdlite_coco", "faster_rcnn_coco", "compress"]
 _MODULES = {}
 
 

@@ -139,6 +139,7 @@ def test_synthetic_preset_learns(tmp_path):
     (["--image-size", "600", "--max-size", "400"], "`--max-size` (400) must be >= `--image-size` (600)"),
     (["--max-proposals", "0"], "`--max-proposals` must be >= 1"),
     (["--backbone", "shufflenet_v2_x1_0", "--alpha", "0.5"], "`alpha` applies to"),
+    (["--data-dir", "somewhere", "--warmup-epochs", "1"], "`--warmup-epochs` belongs to the synthetic preset"),
     (["--eval-only"], "needs --weights"),
     (["--weights", "nowhere.weights.h5"], "is not a file"),
     (["--tflite", "fp32"], "only with Select TF ops (CombinedNonMaxSuppression, CropAndResize)"),
