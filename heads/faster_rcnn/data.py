@@ -88,6 +88,8 @@ def make_eval_pipeline(split, *, min_side, max_side=MAX_SIDE, batch_size, max_bo
     def add_window(images, info):
         return images, dict(info, window=_window(images, info.pop("size")))
 
+    # In order: which images share a batch sets their padding, and so their detections
+    # (an --eval-only run reproduces the training run's AP).
     ds = batched(split.dataset, prepare, training=False, batch_size=batch_size, num_examples=split.num_examples,
-                 shuffle_buffer=1, padded=True)
+                 shuffle_buffer=1, padded=True, deterministic=True)
     return ds.map(add_window)
