@@ -18,7 +18,19 @@ def test_list_models_is_the_documented_set():
                          + [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")])
 
 
-@pytest.mark.parametrize("name", ALL)
+# The development loop (``-m "not slow"``) builds one model of each family; the full suite every one.
+FAMILY_REPRESENTATIVES = ("v1", "v2", "v3_small", "squeezenet1_1", "shufflenet_v1_g1", "shufflenet_v2_x0_5",
+                          "xception")
+
+
+def slow_unless_representative(params, seconds, representatives=FAMILY_REPRESENTATIVES):
+    """``params`` for ``parametrize``: the ones not in ``representatives`` marked slow."""
+    return [p if p in representatives else pytest.param(*(p if isinstance(p, tuple) else (p,)),
+                                                        marks=pytest.mark.slow(seconds=seconds))
+            for p in params]
+
+
+@pytest.mark.parametrize("name", slow_unless_representative(ALL, seconds=3))
 def test_classifier_shapes_and_functional(name):
     height = 80 if name == "xception" else 64  # Xception needs >= 71
     model = mobilenet_tf.build(name, input_shape=(height, 96, 3), classes=7)
@@ -28,7 +40,8 @@ def test_classifier_shapes_and_functional(name):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # softmax
 
 
-@pytest.mark.parametrize("name, alpha", PUBLISHED_VARIANTS)
+@pytest.mark.parametrize("name, alpha", slow_unless_representative(
+    PUBLISHED_VARIANTS, seconds=3, representatives=[("v1", 1.0), ("v2", 1.0), ("v3_large", 1.0), ("v3_small", 1.0)]))
 def test_params_and_weight_names_equal_keras_applications(name, alpha):
     ours = mobilenet_tf.build(name, alpha=alpha, input_shape=(224, 224, 3))
     ref = weights_lib.keras_application(name, alpha=alpha, input_shape=(224, 224, 3))
@@ -44,6 +57,7 @@ def test_params_and_weight_names_equal_keras_applications(name, alpha):
     ("v3_large", {"C1": 16, "C2": 24, "C3": 40, "C4": 112, "C4_expand": 672, "C5": 960}),
     ("v3_small", {"C1": 16, "C2": 16, "C3": 24, "C4": 48, "C4_expand": 288, "C5": 576}),
 ])
+@pytest.mark.slow(seconds=3)
 def test_endpoints_strides_and_channels(name, channels):
     model = mobilenet_tf.build(name, input_shape=(320, 320, 3), include_top=False, return_endpoints=True)
     strides = {"C1": 2, "C2": 4, "C3": 8, "C4": 16, "C4_expand": 16, "C5": 32}
@@ -54,6 +68,7 @@ def test_endpoints_strides_and_channels(name, channels):
     assert outputs["C5"].shape == (1, 10, 10, channels["C5"])
 
 
+@pytest.mark.slow(seconds=4)
 def test_endpoint_taps_are_the_expected_layers():
     model = mobilenet_tf.build("v3_large", include_top=False, return_endpoints=True)
     # C4_expand is the activation after bneck 13's expansion conv (SSDLite's first map).
@@ -64,6 +79,7 @@ def test_endpoint_taps_are_the_expected_layers():
 
 
 @pytest.mark.parametrize("name", ["v1", "v2", "v3_large", "v3_small"])
+@pytest.mark.slow(seconds=3)
 def test_output_stride_16_dilates_last_stage_and_keeps_weights(name):
     plain = mobilenet_tf.build(name, input_shape=(128, 128, 3), include_top=False, return_endpoints=True)
     dilated = mobilenet_tf.build(name, input_shape=(128, 128, 3), include_top=False,
@@ -83,6 +99,7 @@ def test_output_stride_8():
 
 
 @pytest.mark.parametrize("name, c4_expand, c5", [("v3_large", 672, 480), ("v3_small", 288, 288), ("v2", 576, 640)])
+@pytest.mark.slow(seconds=4)
 def test_reduced_tail_halves_last_stage(name, c4_expand, c5):
     model = mobilenet_tf.build(name, input_shape=(320, 320, 3), include_top=False,
                                return_endpoints=True, reduced_tail=True)
@@ -121,6 +138,7 @@ def test_pooling(pooling, shape):
     assert tuple(model.output.shape[1:]) == shape
 
 
+@pytest.mark.slow(seconds=4)
 def test_input_tensor_and_preprocessing_contract(images):
     inp = keras.Input((96, 96, 3))
     model = mobilenet_tf.build("v2", input_tensor=inp, include_top=False, pooling="avg",
@@ -159,6 +177,7 @@ def test_fit_and_evaluate_compose_like_any_keras_model():
 
 
 @pytest.mark.parametrize("name", ["v1", "v3_large"])
+@pytest.mark.slow(seconds=9)
 def test_save_and_load_keras_file_without_custom_objects(name, tmp_path, images):
     model = mobilenet_tf.build(name, input_shape=(64, 64, 3), classes=5)
     path = tmp_path / "m.keras"
@@ -168,6 +187,7 @@ def test_save_and_load_keras_file_without_custom_objects(name, tmp_path, images)
     np.testing.assert_allclose(run(loaded, x), run(model, x), atol=1e-6)
 
 
+@pytest.mark.slow(seconds=5)
 def test_endpoint_model_saves(tmp_path):
     model = mobilenet_tf.build("v3_small", input_shape=(64, 64, 3), include_top=False, return_endpoints=True)
     model.save(tmp_path / "e.keras")
@@ -176,6 +196,7 @@ def test_endpoint_model_saves(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["v2", "v3_small"])
+@pytest.mark.slow(seconds=4)
 def test_mixed_precision_computes_float16_and_predicts_float32(name, images):
     from conftest import randomize_batchnorm
 

@@ -42,6 +42,7 @@ def test_errors_are_messages_not_tracebacks(capsys):
     assert "unknown argument 'minimalistic'" in capsys.readouterr().err
 
 
+@pytest.mark.slow(seconds=11)
 def test_console_script_is_installed():
     exe = shutil.which("mobilenet-tf")
     assert exe, "pip install -e . should put mobilenet-tf on PATH"
@@ -172,6 +173,7 @@ def test_export_reads_the_recipe_config_beside_the_weights(tmp_path, capsys):
     assert "pass 'v3_small' as the name" in capsys.readouterr().err
 
 
+@pytest.mark.slow(seconds=12)
 def test_export_without_config_names_classes_and_refuses_other_recipes(tmp_path, capsys):
     weights = _tiny_run(tmp_path / "bare")
     assert cli.main(["export", "v3_small", "--alpha", "0.35", "--resolution", "32", "--weights", str(weights),

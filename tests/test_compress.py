@@ -33,7 +33,7 @@ def _trained_v3(size=48, classes=10, steps=120):
     return model, float(np.mean(np.argmax(model.predict(images, verbose=0), -1) == labels.numpy()))
 
 
-@pytest.mark.slow(seconds=164)
+@pytest.mark.slow(seconds=400)
 def test_cli_compresses_a_keras_3_v3_model_with_prune_cluster_qat(tmp_path):
     """`mobilenet-tf compress model.keras --prune --clusters --qat`: V3's h-swish, SE and
     Rescaling through TFMOT under tf_keras in a child process, and back to Keras 3."""
@@ -66,6 +66,7 @@ def test_cli_compresses_a_keras_3_v3_model_with_prune_cluster_qat(tmp_path):
     assert (out / "compressed.weights.h5").exists() and (out / "report.md").exists()
 
 
+@pytest.mark.slow(seconds=8)
 def test_cli_compress_bad_input_fails_before_any_work(tmp_path, capsys):
     model = mobilenet_tf.build("v1", alpha=0.25, input_shape=(32, 32, 3), classes=4, include_preprocessing=True)
     model.save(tmp_path / "m.keras")
@@ -164,7 +165,7 @@ HEADS_SCRIPT = textwrap.dedent("""
 """ % (HEADS,))
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=152)
 def test_heads_prune_cluster_and_quantize_to_int8_and_qat_names_an_unsupported_layer():
     result = run_legacy_keras(HEADS_SCRIPT, timeout=1800)
     for head in HEADS:

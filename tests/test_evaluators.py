@@ -36,6 +36,7 @@ def test_lraspp_evaluator_copies_weights_to_the_evaluation_size_and_keeps_the_la
     assert evaluator.final_matrix(trained)[1, 0] == 4 * 14 * 16  # --eval-only: evaluated now
 
 
+@pytest.mark.slow(seconds=15)
 def test_coco_evaluator_gathers_ground_truth_once_and_reports_map():
     split = det_data.synthetic_split(False, 6, 96, num_classes=3, seed=0)
     eval_ds = det_data.make_eval_pipeline(split, input_size=96, batch_size=4)
@@ -61,6 +62,7 @@ def test_evaluate_tflite_reports_top1_agreement_and_bytes(tmp_path):
     assert results["fp32"]["bytes"] == (tmp_path / "m.tflite").stat().st_size
 
 
+@pytest.mark.slow(seconds=7)
 def test_teacher_checks_and_embedding_cache(tmp_path, monkeypatch):
     assert teacher_lib.load_teacher(None, 16) is None
     teacher = face_model.build_embedding_model("v1", 0.25, 32, 16, 0.0)
@@ -83,6 +85,7 @@ def test_teacher_checks_and_embedding_cache(tmp_path, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.slow(seconds=10)
 def test_moved_evaluators_stay_below_training():
     """Like every head and deployment module, the evaluators never import the training package."""
     import subprocess

@@ -13,6 +13,7 @@ def _images(count, size, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (count, size, size, 3)).astype("float32")
 
 
+@pytest.mark.slow(seconds=4)
 def test_batchnorm_from_data_makes_inference_match_the_batch_statistics():
     model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(64, 64, 3), include_top=False)
     images = _images(8, 64)

@@ -307,6 +307,7 @@ def test_embedding_model_outputs_unit_vectors_and_rejects_bad_arguments(images):
         facenet.build_embedding_model("v9")
 
 
+@pytest.mark.slow(seconds=12)
 def test_keras_applications_teacher():
     teacher = facenet.build_teacher("inception_resnet_v2", input_size=75, embedding_dim=16)
     out = teacher(np.full((1, 75, 75, 3), 128.0, np.float32), training=False).numpy()
@@ -347,6 +348,7 @@ def test_gallery_search_and_unknown(tmp_path):
         facenet.Gallery().query(probes)
 
 
+@pytest.mark.slow(seconds=4)
 def test_gallery_with_a_model_and_verify_on_image_pairs(images):
     model = facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=8)
     faces = images(4, 32, 0, 255)
@@ -357,6 +359,7 @@ def test_gallery_with_a_model_and_verify_on_image_pairs(images):
     assert results["num_pairs"] == 20 and results["roc"][0].shape == (21,)
 
 
+@pytest.mark.slow(seconds=9)
 def test_tflite_student_matches_keras(tmp_path, images):
     model = facenet.build_embedding_model("v1", alpha=0.5, input_size=64, embedding_dim=128)
     randomize_batchnorm(model)  # an untrained V1's features are ~0: nothing to normalise
@@ -368,6 +371,7 @@ def test_tflite_student_matches_keras(tmp_path, images):
     np.testing.assert_allclose(np.linalg.norm(tflite, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow(seconds=15)
 def test_student_builds_under_tf_keras():
     result = run_legacy_keras(
         "import json, numpy as np\n"

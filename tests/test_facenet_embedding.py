@@ -37,6 +37,7 @@ def test_l2_normalization_at_any_scale(scale):
     assert np.all(L2Normalization()(np.zeros((1, 8), "float32")).numpy() == 0)  # no NaN for a zero vector
 
 
+@pytest.mark.slow(seconds=9)
 def test_embedding_model_saves_loads_and_converts(untrained, tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     expected = untrained(x, training=False).numpy()

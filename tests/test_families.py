@@ -42,6 +42,7 @@ def test_shufflenet_v1_g3_parameters_match_mmpretrain():
     assert round(trainable(mobilenet_tf.build("shufflenet_v1_g3")) / 1e6, 2) == 1.87
 
 
+@pytest.mark.slow(seconds=4)
 def test_xception_parameters_and_layer_names_equal_keras_applications():
     ours = mobilenet_tf.build("xception")
     ref = keras.applications.Xception(weights=None)
@@ -59,6 +60,7 @@ def test_madds_match_the_papers(name):
 
 
 @pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
+@pytest.mark.slow(seconds=4)
 def test_xception_weight_transfer_gives_identical_outputs(include_top, images):
     keras.utils.set_random_seed(2)
     kwargs = dict(input_shape=(96, 96, 3), include_top=include_top)
@@ -75,6 +77,7 @@ def test_xception_weight_transfer_gives_identical_outputs(include_top, images):
     np.testing.assert_array_less(np.abs(got - expected).max(), 1e-4)
 
 
+@pytest.mark.slow(seconds=4)
 def test_xception_imagenet_weights_come_from_keras_applications_at_299(monkeypatch):
     """The download needs internet; the rest runs here with a random keras.applications.Xception."""
     calls = {}
@@ -166,6 +169,7 @@ def test_channel_shuffle_moves_channels_as_the_paper_says():
     np.testing.assert_array_equal(np.asarray(second).ravel(), np.arange(6, 12))
 
 
+@pytest.mark.slow(seconds=4)
 def test_shufflenet_saves_and_reloads_without_custom_objects(tmp_path, images):
     model = mobilenet_tf.build("shufflenet_v2_x0_5", input_shape=(96, 96, 3), classes=5)
     model.save(tmp_path / "s.keras")

@@ -41,6 +41,7 @@ def test_grid_anchors_follow_the_reference_generator():
     assert ratios == sorted([2.0, 1.0, 0.5] * 4)  # height / width = 1 / aspect ratio
 
 
+@pytest.mark.slow(seconds=4)
 def test_two_stages_end_to_end_on_a_padded_batch_and_as_a_saved_model(tmp_path):
     model = frcnn.build_faster_rcnn("v1", num_classes=5, alpha=0.25, max_proposals=20)
     images = tf.random.uniform((2, 128, 160, 3), 0, 255, seed=1)
@@ -70,6 +71,7 @@ def test_two_stages_end_to_end_on_a_padded_batch_and_as_a_saved_model(tmp_path):
 
 
 @pytest.mark.parametrize("backbone, alpha", [("v3_small", 0.5), ("v2", 0.35)])
+@pytest.mark.slow(seconds=9)
 def test_other_backbones_take_their_stride_16_tap_and_train(backbone, alpha):
     model = frcnn.build_faster_rcnn(backbone, num_classes=3, alpha=alpha, max_proposals=8, second_stage_stride=2)
     out = model(tf.zeros((1, 160, 160, 3)))

@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow(seconds=52)
+@pytest.mark.slow(seconds=88)
 def test_builders_run_under_tf_keras():
     result = run_legacy_keras(SCRIPT)
     for name, params in result["params"].items():

@@ -51,6 +51,7 @@ def test_logits_have_the_input_size(backbone, output_stride, pooling, shape):
     assert np.std(out) > 0
 
 
+@pytest.mark.slow(seconds=4)
 def test_global_pooling_model_runs_at_any_size_and_saves(tmp_path):
     model = lraspp.build_lraspp("v3_small", num_classes=3, input_shape=(None, None, 3), pooling="global", alpha=0.5)
     for shape in ((64, 64), (96, 160)):
@@ -156,6 +157,7 @@ def test_augmentation_keeps_labels_nearest_and_pads_with_ignore():
     assert np.all((small_label.numpy()[:64] == 0).sum(axis=1) == 64)  # flipped or not, 64 labelled columns
 
 
+@pytest.mark.slow(seconds=3)
 def test_synthetic_scenes_are_reproducible_and_use_every_class():
     split = data.synthetic_split(True, 16, 64, num_classes=5)
     first = [(x.numpy(), y.numpy()) for x, y in split.dataset]

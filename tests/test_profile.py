@@ -87,6 +87,7 @@ def test_profile_counts_through_nested_models():
     assert any(r.name.startswith(backbone.name + "/") for r in wrapped.layers)
 
 
+@pytest.mark.slow(seconds=4)
 def test_readme_zoo_table_is_the_profilers_output():
     text = README.read_text()
     start, end = "<!-- zoo:start -->\n", "<!-- zoo:end -->"

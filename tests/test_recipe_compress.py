@@ -2,11 +2,15 @@
 Deep Compression report, under tf_keras in its own process (the script sets
 TF_USE_LEGACY_KERAS). The QAT branch: test_compress.py's CLI test (V3-Small)."""
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 
 from conftest import read_metrics, run_script
-from mobilenet_tf import export
+from mobilenet_tf import deep_compression, export
+from mobilenet_tf.training import recipe
 
 # V1 0.5 at 48 px converts to TFLite four times faster than the default V3-Small.
 SMALL = ["--model", "v1", "--alpha", "0.5", "--input-size", "48", "--train-steps", "150", "--prune-steps", "80",
@@ -14,7 +18,7 @@ SMALL = ["--model", "v1", "--alpha", "0.5", "--input-size", "48", "--train-steps
          "--deterministic"]
 
 
-@pytest.mark.slow(seconds=70)
+@pytest.mark.slow(seconds=190)
 def test_compress_pipeline_and_size_report(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_script("recipes/compress.py", *SMALL, "--output-dir", str(run_dir))
@@ -42,12 +46,28 @@ def test_compress_pipeline_and_size_report(tmp_path):
     assert sum(d["dtype"] is np.int8 for d in interpreter.get_tensor_details()) > 20
 
 
+def _refused_in_process(*args):
+    """The compression recipe's command line in this (Keras 3) process: its checks run
+    before it needs tf_keras. (Executing recipes/compress.py here would set
+    TF_USE_LEGACY_KERAS for every later child process of this worker.)"""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        recipe.recipe_main(deep_compression.main, deep_compression.Config, list(args))
+    return exit_.value.code, err.getvalue()
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--prune", "1.0"], "`--prune` (target sparsity) must be in (0, 1)"),
     (["--clusters", "1"], "`--clusters` must be >= 2"),
     (["--weights", "missing.npz"], "`--weights` 'missing.npz' is not a file"),
 ])
 def test_compress_bad_arguments_exit_2(tmp_path, args, message):
-    proc = run_script("recipes/compress.py", *args, "--output-dir", str(tmp_path / "run"))
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    code, stderr = _refused_in_process(*args, "--output-dir", str(tmp_path / "run"))
+    assert code == 2 and message in stderr, stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow(seconds=5)
+def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
+    proc = run_script("recipes/compress.py", "--prune", "1.0", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "`--prune` (target sparsity) must be in (0, 1)" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()

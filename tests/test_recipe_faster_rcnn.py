@@ -93,6 +93,7 @@ def test_a_class_outside_the_label_map_is_refused_by_the_pipeline():
         next(iter(data.make_train_pipeline(split, min_side=128, batch_size=1, shuffle_buffer=1)))
 
 
+@pytest.mark.slow(seconds=7)
 def test_coco_loader_with_mock_data_trains_one_step(tmp_path):
     """TFDS COCO (mock records: random sizes, random boxes) through the keep-aspect
     pipelines and one ``fit`` step of the whole model."""
@@ -120,15 +121,16 @@ def test_coco_loader_with_mock_data_trains_one_step(tmp_path):
 LEARN = ["--epochs", "3", "--eval-every", "3", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=180)
+@pytest.mark.slow(seconds=300)
 def test_synthetic_preset_learns(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_script(SCRIPT, *LEARN, "--output-dir", str(run_dir))
+    proc = run_script(SCRIPT, *LEARN, "--no-saved-model", "--output-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured: see LEARN
     assert metrics["epochs"] == 3 and metrics["backbone"] == "v1" and metrics["second_stage_stride"] == 2
-    assert metrics["eval_images"] == 200 and (run_dir / "detector").exists() and (run_dir / "detections.png").exists()
+    assert metrics["eval_images"] == 200 and (run_dir / "detections.png").exists()
+    # (detector/, the SavedModel: test_tiny_run_writes_coco_json_the_detector_eval_only_agrees_and_a_kill_resumes.)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -113,6 +113,7 @@ def test_flags_are_the_config():
     assert vars(get_args_parser().parse_args([])) == {f.name: f.default for f in dataclasses.fields(Config)}
 
 
+@pytest.mark.slow(seconds=3)
 def test_train_then_eval_only_write_the_run_directory(tmp_path, capsys):
     Toy.calibrated_on.clear()
     out = tmp_path / "run"

@@ -35,7 +35,7 @@ def in_process(*args):
 LEARN = ["--synthetic-train-examples", "1920", "--synthetic-eval-examples", "500", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=93)
+@pytest.mark.slow(seconds=180)
 def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
@@ -72,7 +72,7 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     assert read_metrics(tmp_path / "eval")["top1"] >= 0.9
 
 
-@pytest.mark.slow(seconds=72)
+@pytest.mark.slow(seconds=135)
 def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
     # The preset's 3840 training images (half of them: top-1 0.784), 500 evaluation images.
     proc = recipe("--model", "shufflenet_v2_x0_5", "--synthetic-eval-examples", "500", "--deterministic",
@@ -107,7 +107,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 4
 
 
-@pytest.mark.slow(seconds=47)
+@pytest.mark.slow(seconds=73)
 def test_mirrored_over_two_logical_cpus(tmp_path):
     proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
@@ -147,6 +147,7 @@ def test_bad_input_fails_before_training(args, message, tmp_path):
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
+@pytest.mark.slow(seconds=5)
 def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
     proc = recipe("--eval-only", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "needs --weights" in proc.stderr and "Traceback" not in proc.stderr

@@ -24,29 +24,31 @@ def in_process(*args):
 
 
 # The learning run: smaller than the no-flag preset (128 px crops, 1600 scenes x 4 epochs;
-# mIoU 0.942 measured): 96 px, 800 scenes x 2 epochs (3 epochs: 0.9065), seeded and with
-# TensorFlow op determinism, so a commit scores the same every time on one machine; its
-# mIoU clears the 0.6 bar by >= 20% of it (>= 0.72).
+# mIoU 0.942 measured): 96 px, 800 scenes x 1 epoch (measured 0.8688; 2 epochs 0.8895,
+# 3 epochs 0.9065), seeded and with TensorFlow op determinism, so a commit scores the same
+# every time on one machine; its mIoU clears the 0.6 bar by >= 20% of it (>= 0.72).
 SIZE = 96
+EPOCHS = 1
 LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", str(SIZE),
-         "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "2", "--deterministic"]
+         "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", str(EPOCHS),
+         "--deterministic"]
 
 
-@pytest.mark.slow(seconds=88)
+@pytest.mark.slow(seconds=150)
 def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    proc = recipe(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["miou"] >= 0.6, metrics  # measured 0.8895
+    assert metrics["miou"] >= 0.6, metrics  # measured 0.8688
     assert metrics["pixel_accuracy"] > metrics["per_class_iou"]["background"] * 0.5
     assert set(metrics["per_class_iou"]) == set(data.synthetic_split(False, 1, 32).class_names)
-    assert metrics["epochs"] == 2 and metrics["backbone"] == "v3_small" and metrics["params"] > 0
+    assert metrics["epochs"] == EPOCHS and metrics["backbone"] == "v3_small" and metrics["params"] > 0
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "predictions.png", "model.keras",
-                 "saved_model", "model_fp32.tflite", "model_int8.tflite"):
+                 "model_fp32.tflite", "model_int8.tflite"):  # (saved_model/: test_recipe_imagenet.py)
         assert (run_dir / name).exists(), name
     history = (run_dir / "history.csv").read_text().splitlines()
-    assert "val_miou" in history[0] and len(history) == 3
+    assert "val_miou" in history[0] and len(history) == EPOCHS + 1
 
     # TFLite: fp32 logits equal Keras'; int8 predicts the same class on >= 95% of pixels.
     model = keras.models.load_model(run_dir / "model.keras")
@@ -99,6 +101,7 @@ def test_bad_input_fails_before_training(args, message, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
+@pytest.mark.slow(seconds=5)
 def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
     proc = recipe("--eval-only", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "needs --weights" in proc.stderr and "Traceback" not in proc.stderr

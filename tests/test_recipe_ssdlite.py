@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_refusal, run_script
 from mobilenet_tf._keras import keras
@@ -57,17 +56,19 @@ def _assert_tflite_equals_keras(path, model, images, threshold=0.3):
     return display
 
 
-@pytest.mark.slow(seconds=183)
+@pytest.mark.slow(seconds=280)
 def test_synthetic_preset_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    proc = recipe(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured AP50 0.698, AP 0.403
     assert metrics["epochs"] == EPOCHS and metrics["backbone"] == "v3_small" and metrics["eval_images"] == 200
     for name in ("config.json", "best.weights.h5", "history.csv", "curves.png", "detections.png", "model.keras",
-                 "saved_model", "detector", "detector_fp32.tflite", "detector_int8.tflite"):
+                 "detector_fp32.tflite", "detector_int8.tflite"):
         assert (run_dir / name).exists(), name
+    assert not (run_dir / "detector").exists()  # --no-saved-model (the SavedModel detector:
+    # test_ssdlite_model.py::test_saved_model_detector_serves_the_keras_detections)
     history = (run_dir / "history.csv").read_text().splitlines()
     assert "val_map50" in history[0] and len(history) == EPOCHS + 1
 
@@ -77,14 +78,8 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
     assert len(detections) == metrics["detections"] > 0
     assert coco_eval.evaluate(gt, detections)["map"] == pytest.approx(metrics["map"])
 
-    # The SavedModel detector (NMS in the graph) gives the Keras detections.
     model = keras.models.load_model(run_dir / "model.keras")
     images = _eval_images()
-    expected = {k: v.numpy() for k, v in ssdlite.build_inference_model(model)(images).items()}
-    served = tf.saved_model.load(str(run_dir / "detector")).signatures["serving_default"](images=tf.constant(images))
-    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
-    np.testing.assert_allclose(served["boxes"].numpy(), expected["boxes"], atol=1e-5)
-    np.testing.assert_array_equal(served["classes"].numpy(), expected["classes"])
 
     # TFLite fp32 detections equal the Keras ones at the display threshold; int8 finds
     # mostly the same objects.
@@ -119,7 +114,7 @@ def test_synthetic_preset_learns_and_exports(tmp_path):
 SSD_LEARN = ["--head", "ssd", "--epochs", "3", "--eval-every", "3", "--deterministic"]
 
 
-@pytest.mark.slow(seconds=190)
+@pytest.mark.slow(seconds=207)
 def test_ssd_head_preset_learns(tmp_path):
     run_dir = tmp_path / "run"
     proc = recipe(*SSD_LEARN, "--no-saved-model", "--output-dir", str(run_dir))
@@ -199,6 +194,7 @@ def test_bad_input_fails_before_training(args, message, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
+@pytest.mark.slow(seconds=5)
 def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
     proc = recipe("--eval-only", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "needs --weights" in proc.stderr and "Traceback" not in proc.stderr

@@ -222,7 +222,7 @@ def in_process(*args):
     return run_recipe_in_process("recipes/imagenet.py", *args)
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow(seconds=110)
 def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--epochs", "1", "--steps-per-epoch", "2", "--synthetic-eval-examples", "32",
@@ -258,7 +258,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_safe(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 2 and not (tmp_path / "run.previous").exists()
 
 
-@pytest.mark.slow(seconds=71)
+@pytest.mark.slow(seconds=177)
 def test_lost_worker_stops_the_other_and_both_resume(tmp_path):
     """Two local MultiWorkerMirroredStrategy workers: a killed worker stops the chief
     with a message; restarted, both resume and end with the same weights (two replicas)."""

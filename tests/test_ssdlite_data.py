@@ -156,6 +156,7 @@ def test_pad_objects_keeps_valid_boxes_first():
     assert padded.shape == (5, 4) and valid.numpy().tolist() == [True, True, True, False, False]
 
 
+@pytest.mark.slow(seconds=6)
 def test_train_pipeline_batches_targets_for_fit():
     model = ssdlite.build_ssdlite("v3_small", num_classes=5, input_size=96, alpha=0.5)
     split = data.synthetic_split(True, 8, 96)
@@ -171,6 +172,7 @@ def test_train_pipeline_batches_targets_for_fit():
     assert outputs["boxes"].shape[:2] == targets["boxes"].shape[:2]
 
 
+@pytest.mark.slow(seconds=5)
 def test_coco_loader_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 

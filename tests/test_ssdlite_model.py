@@ -68,6 +68,7 @@ def test_ssd_head_on_other_backbones_trains_a_step():
     assert np.isfinite(logs["loss"]) and logs["loss"] > 0
 
 
+@pytest.mark.slow(seconds=3)
 def test_other_input_sizes_get_their_own_anchors():
     model = ssd.build_ssdlite("v3_small", num_classes=5, input_size=256, alpha=0.5)
     assert ssd.feature_map_sizes(model) == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
@@ -77,6 +78,7 @@ def test_other_input_sizes_get_their_own_anchors():
     assert np.allclose(tf.sigmoid(out["classes"]).numpy().mean(), 0.01, atol=0.005)
 
 
+@pytest.mark.slow(seconds=3)
 def test_reference_weight_decay_and_batchnorm_momentum_are_built_in():
     model = ssd.build_ssdlite("v3_small", num_classes=3, input_size=96, alpha=0.35)
     momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
@@ -178,6 +180,7 @@ def test_postprocess_decodes_suppresses_and_shifts_class_ids():
     np.testing.assert_allclose(out["boxes"].numpy()[0, 0], anchor_boxes[0], atol=1e-5)
 
 
+@pytest.mark.slow(seconds=4)
 def test_inference_model_runs_on_images():
     model = ssd.build_ssdlite("v3_small", num_classes=4, input_size=128, alpha=0.5)
     detector = postprocess.build_inference_model(model, score_threshold=0.0)
@@ -186,6 +189,26 @@ def test_inference_model_runs_on_images():
     assert np.all(out["classes"].numpy() >= 1) and np.all(out["num_detections"].numpy() == 100)
     with pytest.raises(ValueError, match="needs a model from `build_ssdlite`"):
         postprocess.build_inference_model(mobilenet_tf.build("v3_small", input_shape=(96, 96, 3)))
+
+
+@pytest.mark.slow(seconds=5)
+def test_saved_model_detector_serves_the_keras_detections(tmp_path):
+    """``deploy.save_detector`` (the recipe's detector/): the served signature gives
+    ``build_inference_model``'s detections."""
+    from conftest import randomize_batchnorm
+    from mobilenet_tf.heads.ssdlite import deploy
+
+    model = ssd.build_ssdlite("v1", num_classes=3, input_size=96, alpha=0.25)
+    randomize_batchnorm(model)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    expected = {k: v.numpy() for k, v in postprocess.build_inference_model(model)(images).items()}
+    served = tf.saved_model.load(deploy.save_detector(model, str(tmp_path / "detector")))
+    served = served.signatures["serving_default"](images=tf.constant(images))
+    assert expected["num_detections"].min() > 0
+    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
+    np.testing.assert_allclose(served["boxes"].numpy(), expected["boxes"], atol=1e-5)
+    np.testing.assert_allclose(served["scores"].numpy(), expected["scores"], atol=1e-5)
+    np.testing.assert_array_equal(served["classes"].numpy(), expected["classes"])
 
 
 @pytest.mark.slow(seconds=32)

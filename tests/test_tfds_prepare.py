@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------- ImageNet 2012
 
 
+@pytest.mark.slow(seconds=5)
 def test_imagenet2012_prepares_from_manual_tars_and_trains(tmp_path):
     expected = tfds_archives.write_imagenet2012_manual(tmp_path / tfds_archives.MANUAL)
     train = classification.tfds_split("imagenet2012", "train", str(tmp_path))  # prepares it
@@ -72,6 +73,7 @@ def test_imagenet2012_prepares_from_manual_tars_and_trains(tmp_path):
 # ---------------------------------------------------------------- Cityscapes
 
 
+@pytest.mark.slow(seconds=10)
 def test_cityscapes_prepares_from_manual_zips_and_trains_lraspp(tmp_path):
     from mobilenet_tf.heads import lraspp
     from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics
@@ -206,6 +208,7 @@ def test_import_error_while_wrapped_is_still_found(tmp_path, monkeypatch):
         tfds_builder.prepared_builder("imagenette", str(tmp_path))
 
 
+@pytest.mark.slow(seconds=5)
 def test_missing_importlib_resources_is_reported_as_such_not_as_manual_download(tmp_path):
     """The user's report, reproduced for real: importlib_resources hidden from a fresh
     interpreter, the manual tars in place, ``tfds_split`` prepares imagenet2012."""
@@ -349,6 +352,7 @@ print("MODULES", json.dumps(sorted({{m.split(".")[0] for m in sys.modules}})))
 """
 
 
+@pytest.mark.slow(seconds=6)
 def test_preparation_imports_only_declared_dependencies(tmp_path):
     """Every third-party module that real preparation of imagenet2012 and cityscapes
     (and imagenette, coco/2017, lfw up to their download) imports belongs to a

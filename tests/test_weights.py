@@ -14,7 +14,8 @@ FAMILIES = ["v1", "v2", "v3_large", "v3_small"]
 
 
 @pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [*FAMILIES[:2], pytest.param("v3_large", marks=pytest.mark.slow(seconds=3)),
+                                  "v3_small"])
 def test_transfer_from_random_keras_applications_gives_identical_outputs(name, include_top, images):
     keras.utils.set_random_seed(1)
     shape = (96, 96, 3)
@@ -33,6 +34,7 @@ def test_transfer_from_random_keras_applications_gives_identical_outputs(name, i
     np.testing.assert_array_less(np.abs(got - expected).max(), 1e-4)
 
 
+@pytest.mark.slow(seconds=3)
 def test_transfer_names_the_first_mismatching_layer():
     source = weights_lib.keras_application("v3_small", alpha=1.0, input_shape=(96, 96, 3), include_top=False)
     ours = mobilenet_tf.build("v3_small", alpha=0.75, input_shape=(96, 96, 3), include_top=False)
@@ -43,6 +45,7 @@ def test_transfer_names_the_first_mismatching_layer():
         weights_lib.load_keras_applications_weights(with_top, source)
 
 
+@pytest.mark.slow(seconds=4)
 def test_weights_imagenet_builds_keras_model_and_transfers(monkeypatch, images):
     """The download itself needs internet; everything around it runs here."""
     calls = {}
@@ -90,6 +93,7 @@ def test_weights_imagenet_unpublished_variant_fails_before_download(name, kwargs
         mobilenet_tf.build(name, weights="imagenet", **kwargs)
 
 
+@pytest.mark.slow(seconds=4)
 def test_weights_file_round_trip(tmp_path, images):
     model = mobilenet_tf.build("v3_small", input_shape=(64, 64, 3), classes=3)
     randomize_batchnorm(model)
@@ -100,6 +104,7 @@ def test_weights_file_round_trip(tmp_path, images):
     np.testing.assert_allclose(run(loaded, x), run(model, x), atol=1e-6)
 
 
+@pytest.mark.slow(seconds=4)
 def test_weights_file_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         mobilenet_tf.build("v2", weights=str(tmp_path / "missing.weights.h5"))
