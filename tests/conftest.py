@@ -26,6 +26,14 @@ PUBLISHED_VARIANTS = [(record.name, alpha) for record in registry.variants()
                       if record.published and record.width_argument == "alpha" for alpha in record.published.alphas]
 
 
+def slow_unless_representative(params, representatives, seconds):
+    """``params`` for ``parametrize`` with the ones not in ``representatives`` marked
+    ``slow(seconds=...)``: the development loop keeps those, the full suite runs all."""
+    return [p if p in representatives else pytest.param(*(p if isinstance(p, tuple) else (p,)),
+                                                        marks=pytest.mark.slow(seconds=seconds))
+            for p in params]
+
+
 def randomize_batchnorm(model, seed=0):
     """Give every BatchNormalization non-trivial gamma, beta and moving statistics."""
     rng = np.random.default_rng(seed)

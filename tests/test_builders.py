@@ -6,7 +6,7 @@ import pytest
 import keras
 import mobilenet_tf
 from mobilenet_tf import weights as weights_lib
-from conftest import PUBLISHED_VARIANTS, run
+from conftest import PUBLISHED_VARIANTS, run, slow_unless_representative
 
 ALL = mobilenet_tf.list_models()
 
@@ -23,14 +23,7 @@ FAMILY_REPRESENTATIVES = ("v1", "v2", "v3_small", "squeezenet1_1", "shufflenet_v
                           "xception")
 
 
-def slow_unless_representative(params, seconds, representatives=FAMILY_REPRESENTATIVES):
-    """``params`` for ``parametrize``: the ones not in ``representatives`` marked slow."""
-    return [p if p in representatives else pytest.param(*(p if isinstance(p, tuple) else (p,)),
-                                                        marks=pytest.mark.slow(seconds=seconds))
-            for p in params]
-
-
-@pytest.mark.parametrize("name", slow_unless_representative(ALL, seconds=3))
+@pytest.mark.parametrize("name", slow_unless_representative(ALL, FAMILY_REPRESENTATIVES, seconds=3))
 def test_classifier_shapes_and_functional(name):
     height = 80 if name == "xception" else 64  # Xception needs >= 71
     model = mobilenet_tf.build(name, input_shape=(height, 96, 3), classes=7)
@@ -41,7 +34,7 @@ def test_classifier_shapes_and_functional(name):
 
 
 @pytest.mark.parametrize("name, alpha", slow_unless_representative(
-    PUBLISHED_VARIANTS, seconds=3, representatives=[("v1", 1.0), ("v2", 1.0), ("v3_large", 1.0), ("v3_small", 1.0)]))
+    PUBLISHED_VARIANTS, [("v1", 1.0), ("v2", 1.0), ("v3_large", 1.0), ("v3_small", 1.0)], seconds=3))
 def test_params_and_weight_names_equal_keras_applications(name, alpha):
     ours = mobilenet_tf.build(name, alpha=alpha, input_shape=(224, 224, 3))
     ref = weights_lib.keras_application(name, alpha=alpha, input_shape=(224, 224, 3))

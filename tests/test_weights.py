@@ -8,14 +8,13 @@ import pytest
 import keras
 import mobilenet_tf
 from mobilenet_tf import compress, weights as weights_lib
-from conftest import randomize_batchnorm, run, run_legacy_keras
+from conftest import randomize_batchnorm, run, run_legacy_keras, slow_unless_representative
 
 FAMILIES = ["v1", "v2", "v3_large", "v3_small"]
 
 
 @pytest.mark.parametrize("include_top", [True, False], ids=["top", "notop"])
-@pytest.mark.parametrize("name", [*FAMILIES[:2], pytest.param("v3_large", marks=pytest.mark.slow(seconds=3)),
-                                  "v3_small"])
+@pytest.mark.parametrize("name", slow_unless_representative(FAMILIES, ("v1", "v2", "v3_small"), seconds=3))
 def test_transfer_from_random_keras_applications_gives_identical_outputs(name, include_top, images):
     keras.utils.set_random_seed(1)
     shape = (96, 96, 3)
