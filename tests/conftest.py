@@ -125,6 +125,29 @@ def h5_arrays(path):
         return arrays
 
 
+def assert_same_detections(actual, expected, atol=1e-5):
+    """Two padded detection dicts (``num_detections`` [B], ``boxes`` [B, N, 4],
+    ``scores`` / ``classes`` [B, N]) hold the same detections per image.
+
+    Rows whose scores differ by less than ``atol`` may come in either order
+    (NMS sorts by score, so a float ulp can swap two near-tied rows between
+    a SavedModel and the Keras model); every row must still be matched once.
+    """
+    actual = {k: np.asarray(v) for k, v in actual.items()}
+    expected = {k: np.asarray(v) for k, v in expected.items()}
+    np.testing.assert_array_equal(actual["num_detections"], expected["num_detections"])
+    for image, count in enumerate(expected["num_detections"].astype(int)):
+        rows = [np.concatenate([[d["scores"][image, i], d["classes"][image, i]], d["boxes"][image, i]])
+                for d in (actual, expected) for i in range(count)]
+        got, want = rows[:count], rows[count:]
+        np.testing.assert_allclose([r[0] for r in got], [r[0] for r in want], atol=atol)  # sorted scores
+        unmatched = list(range(count))
+        for row in got:
+            match = next((j for j in unmatched if np.allclose(row, want[j], rtol=0, atol=atol)), None)
+            assert match is not None, f"image {image}: detection {row} has no counterpart in {np.array(want)}"
+            unmatched.remove(match)
+
+
 def read_metrics(run_dir):
     return json.loads((pathlib.Path(run_dir) / "metrics.json").read_text())
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import (one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_refusal,
-                      run_script)
+from conftest import (assert_same_detections, one_worker_tf_config, read_history, read_metrics,
+                      run_recipe_in_process, run_refusal, run_script)
 from mobilenet_tf.heads.faster_rcnn import data, model as frcnn
 from mobilenet_tf.heads.ssdlite import coco_eval, data as ssd_data, evaluation
 
@@ -175,8 +175,7 @@ def test_tiny_run_writes_coco_json_the_detector_eval_only_agrees_and_a_kill_resu
     images = tf.random.uniform((2, 96, 128, 3), 0, 255, seed=2)
     expected = frcnn.detect(model(images, training=False))
     served = tf.saved_model.load(str(run_dir / "detector")).signatures["serving_default"](images=images)
-    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"].numpy())
-    np.testing.assert_allclose(served["boxes"].numpy(), expected["boxes"].numpy(), atol=1e-5)
+    assert_same_detections(served, expected)
     # --eval-only from the checkpoint reproduces the run's AP.
     evaluated = run_recipe_in_process(SCRIPT, *TINY, "--eval-only", "--weights", str(run_dir / "best.weights.h5"),
                                       "--output-dir", str(tmp_path / "eval"))

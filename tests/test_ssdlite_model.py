@@ -195,7 +195,7 @@ def test_inference_model_runs_on_images():
 def test_saved_model_detector_serves_the_keras_detections(tmp_path):
     """``deploy.save_detector`` (the recipe's detector/): the served signature gives
     ``build_inference_model``'s detections."""
-    from conftest import randomize_batchnorm
+    from conftest import assert_same_detections, randomize_batchnorm
     from mobilenet_tf.heads.ssdlite import deploy
 
     model = ssd.build_ssdlite("v1", num_classes=3, input_size=96, alpha=0.25)
@@ -205,10 +205,7 @@ def test_saved_model_detector_serves_the_keras_detections(tmp_path):
     served = tf.saved_model.load(deploy.save_detector(model, str(tmp_path / "detector")))
     served = served.signatures["serving_default"](images=tf.constant(images))
     assert expected["num_detections"].min() > 0
-    np.testing.assert_array_equal(served["num_detections"].numpy(), expected["num_detections"])
-    np.testing.assert_allclose(served["boxes"].numpy(), expected["boxes"], atol=1e-5)
-    np.testing.assert_allclose(served["scores"].numpy(), expected["scores"], atol=1e-5)
-    np.testing.assert_array_equal(served["classes"].numpy(), expected["classes"])
+    assert_same_detections(served, expected)
 
 
 @pytest.mark.slow(seconds=32)
@@ -270,7 +267,7 @@ def test_ssd_head_tflite_detector_equals_keras(tmp_path):
     finds Keras' detections."""
     from mobilenet_tf.heads.ssdlite import deploy
 
-    from conftest import randomize_batchnorm
+    from conftest import assert_same_detections, randomize_batchnorm
 
     model = ssd.build_ssd("v1", num_classes=4, input_size=96, alpha=0.25)
     randomize_batchnorm(model)
@@ -284,17 +281,10 @@ def test_ssd_head_tflite_detector_equals_keras(tmp_path):
     detector = deploy.TFLiteDetector(deploy.to_tflite_detector(model, tmp_path / "ssd.tflite", score_threshold=0.3))
     counts = detector.op_counts()
     assert counts["TFLite_Detection_PostProcess"] == 1 and not any(op.startswith("Flex") for op in counts)
-    def rows(classes, scores, boxes):  # detections as sorted rows: equal scores may come in either order
-        table = np.column_stack([classes, scores, boxes]).astype("float64")
-        return table[np.lexsort(np.round(table, 4).T[::-1])]
-
     for i, image in enumerate(images):
         got = detector(image[None])
-        num = int(expected["num_detections"][i])
-        assert int(got["num_detections"][0]) == num > 0
-        np.testing.assert_allclose(rows(got["classes"][0, :num], got["scores"][0, :num], got["boxes"][0, :num]),
-                                   rows(expected["classes"][i, :num], expected["scores"][i, :num],
-                                        expected["boxes"][i, :num]), atol=1e-4)
+        assert int(got["num_detections"][0]) == int(expected["num_detections"][i]) > 0
+        assert_same_detections(got, {k: v[i:i + 1] for k, v in expected.items()}, atol=1e-4)
 
 
 OFF_IMAGE_INT8 = """
