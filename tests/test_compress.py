@@ -14,7 +14,7 @@ from conftest import run_legacy_keras
 from mobilenet_tf import cli, compress, export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.data import classification
-from mobilenet_tf.training import schedules
+from mobilenet_tf.training import fit, schedules
 
 def _trained_v3(size=48, classes=10, steps=120):
     """A Keras 3 V3-Small 0.5 trained briefly on the synthetic classes; its accuracy on
@@ -26,6 +26,8 @@ def _trained_v3(size=48, classes=10, steps=120):
     train = classification.make_pipeline(classification.synthetic_split(True, 1280, size, classes), training=True,
                                          batch_size=32, image_size=size, area_range=(0.25, 1.0))
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)  # one trace of the train function, not two
+    fit.build_compiled_state(model, train)
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
     val = classification.make_pipeline(classification.synthetic_split(False, 200, size, classes), training=False,
                                        batch_size=200, image_size=size)

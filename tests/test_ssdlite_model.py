@@ -220,14 +220,16 @@ def test_training_step_reduces_the_loss_on_one_image():
     targets = {"boxes": tf.repeat(losses.pack_box_targets(box_targets, matched)[None], 4, 0),
                "classes": tf.repeat(class_targets[None], 4, 0)}
     model.compile(optimizer="adam", loss={"boxes": losses.BoxLoss(), "classes": losses.ClassLoss()})
+    from mobilenet_tf.training import fit
+
+    model.optimizer.build(model.trainable_variables)  # one trace of the train function, not two
+    fit.build_compiled_state(model, tf.data.Dataset.from_tensor_slices((images, targets)).batch(4))
     history = model.fit(images, targets, epochs=8, batch_size=4, verbose=0).history["loss"]
     assert history[-1] < 0.7 * history[0]
     assert box_coder.decode(box_targets, anchor_boxes).shape == (len(anchor_boxes), 4)
     assert anchors.anchors_per_location()[0] == 3
     # The multi-worker loop sums the dict of losses per example: its mean is what fit
     # minimises (the sum of the two Keras losses).
-    from mobilenet_tf.training import fit
-
     predictions = model(images, training=False)
     loss = {"boxes": losses.BoxLoss(), "classes": losses.ClassLoss()}
     per_example = fit._per_example_loss(loss, targets, predictions)

@@ -15,6 +15,7 @@ canvas boxes back into image boxes for COCO json (``ssdlite.evaluation``).
 
 import tensorflow as tf
 
+from mobilenet_tf.data import without_autograph
 from mobilenet_tf.data.classification import batched
 from mobilenet_tf.heads.ssdlite import data as ssd_data
 
@@ -72,7 +73,7 @@ def make_train_pipeline(split, *, min_side, max_side=MAX_SIDE, batch_size, shuff
 
     ds = batched(split.dataset, prepare, training=True, batch_size=batch_size, num_examples=split.num_examples,
                  shuffle_buffer=shuffle_buffer, deterministic=deterministic, seed=seed, padded=True)
-    return ds.map(to_batch_canvas, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(without_autograph(to_batch_canvas), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_eval_pipeline(split, *, min_side, max_side=MAX_SIDE, batch_size, max_boxes=ssd_data.MAX_BOXES):
@@ -92,4 +93,4 @@ def make_eval_pipeline(split, *, min_side, max_side=MAX_SIDE, batch_size, max_bo
     # (an --eval-only run reproduces the training run's AP).
     ds = batched(split.dataset, prepare, training=False, batch_size=batch_size, num_examples=split.num_examples,
                  shuffle_buffer=1, padded=True, deterministic=True)
-    return ds.map(add_window)
+    return ds.map(without_autograph(add_window))

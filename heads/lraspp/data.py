@@ -13,7 +13,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf.data import BAD_DATA, image_check, shapes, tfds_builder
+from mobilenet_tf.data import BAD_DATA, image_check, shapes, tfds_builder, without_autograph
 from mobilenet_tf.data.classification import Split, batched
 
 IGNORE_LABEL = 255
@@ -79,7 +79,8 @@ def cityscapes_split(split, data_dir=None, download=True, name="cityscapes/seman
     """
     builder = tfds_builder.prepared_builder(name, data_dir, download, CITYSCAPES_MANUAL_HELP)
     ds = builder.as_dataset(split=split, shuffle_files=split == "train")
-    ds = ds.map(lambda example: (example["image_left"], map_cityscapes_labels(example["segmentation_label"])),
+    ds = ds.map(without_autograph(lambda example: (example["image_left"],
+                                                   map_cityscapes_labels(example["segmentation_label"]))),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return Split(ds, tfds_builder.num_examples(builder, split, ds), len(CITYSCAPES_CLASSES), list(CITYSCAPES_NAMES))
 
@@ -132,7 +133,8 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None, strict=F
         label.set_shape((None, None, 1))
         return image, label
 
-    ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs)))).map(load, tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs))))
+    ds = ds.map(without_autograph(load), tf.data.AUTOTUNE)
     names = class_names or [f"class_{i}" for i in range(num_classes)]
     return Split(ds, len(pairs), num_classes, names, check=report)
 

@@ -17,7 +17,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from mobilenet_tf.data import BAD_DATA, shapes, tfds_builder
+from mobilenet_tf.data import BAD_DATA, shapes, tfds_builder, without_autograph
 from mobilenet_tf.data.classification import batched
 from mobilenet_tf.heads.ssdlite import losses, matcher
 
@@ -65,7 +65,7 @@ def synthetic_split(training, num_examples, image_size, num_classes=5, seed=0):
                    "image_id": index + 1}
         return image, objects
 
-    ds = ds.enumerate().map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    ds = ds.enumerate().map(without_autograph(convert), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     return DetectionSplit(ds, num_examples, num_classes, shapes.class_names(num_classes), list(range(num_classes)))
 
 
@@ -87,7 +87,7 @@ def coco_split(split, data_dir=None, download=True, name="coco/2017"):
                                   "crowd": tf.cast(crowd, tf.bool), "area": tf.cast(area, tf.float32),
                                   "image_id": tf.cast(example["image/id"], tf.int64)}
 
-    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(without_autograph(convert), num_parallel_calls=tf.data.AUTOTUNE)
     names = ["background"] + list(builder.info.features["objects"]["label"].names)
     if len(names) != len(COCO_CATEGORY_IDS) + 1:
         raise ValueError(f"{name} has {len(names) - 1} labels; expected COCO's 80.")

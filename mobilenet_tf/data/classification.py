@@ -16,7 +16,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from mobilenet_tf.data import image_check, synthetic, tfds_builder
+from mobilenet_tf.data import image_check, synthetic, tfds_builder, without_autograph
 
 MANUAL_DOWNLOAD_HELP = {
     "imagenet2012": (
@@ -82,7 +82,8 @@ def folder_split(directory, class_names=None, strict=False, check_cache=None):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return image, label
 
-    ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices((files, labels))
+    ds = ds.map(without_autograph(load), num_parallel_calls=tf.data.AUTOTUNE)
     return Split(ds, len(files), len(names), names, check=report)
 
 
@@ -159,6 +160,6 @@ def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buf
         dataset = dataset.repeat()
     options = tf.data.Options()
     options.deterministic = deterministic
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    dataset = dataset.map(without_autograph(prepare), num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
     batch = dataset.padded_batch if padded else dataset.batch
     return batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)

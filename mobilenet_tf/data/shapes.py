@@ -14,6 +14,8 @@ import math
 
 import tensorflow as tf
 
+from mobilenet_tf.data import without_autograph
+
 SHAPES = ("disc", "square", "triangle")
 MAX_OBJECTS = 4
 
@@ -92,7 +94,8 @@ def synthetic_segmentation(num_examples, image_size=128, num_classes=5, seed=0):
         scene = render_scene(image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
         return scene["image"], scene["label"]
 
-    return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.range(num_examples).map(without_autograph(make), num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True)
 
 
 def synthetic_detection(num_examples, image_size=128, num_classes=5, seed=0, max_objects=6,
@@ -109,4 +112,5 @@ def synthetic_detection(num_examples, image_size=128, num_classes=5, seed=0, max
                              radius_range)
         return scene["image"], {key: scene[key] for key in ("boxes", "classes", "valid")}
 
-    return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.range(num_examples).map(without_autograph(make), num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True)

@@ -11,6 +11,8 @@ import math
 
 import tensorflow as tf
 
+from mobilenet_tf.data import without_autograph
+
 TEXTURES = ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots", "rings")
 
 
@@ -63,5 +65,5 @@ def synthetic_classification(num_examples, image_size=64, num_classes=10, seed=0
         image = render(label, image_size, num_classes, tf.stack([tf.cast(seed, tf.int64), index]))
         return image, label
 
-    return tf.data.Dataset.range(num_examples).map(make, num_parallel_calls=tf.data.AUTOTUNE,
+    return tf.data.Dataset.range(num_examples).map(without_autograph(make), num_parallel_calls=tf.data.AUTOTUNE,
                                                    deterministic=True)
