@@ -125,13 +125,16 @@ def h5_arrays(path):
         return arrays
 
 
-def assert_same_detections(actual, expected, atol=1e-5):
+def assert_same_detections(actual, expected, atol=1e-5, empty_slots_alike=True):
     """Two padded detection dicts (``num_detections`` [B], ``boxes`` [B, N, 4],
     ``scores`` / ``classes`` [B, N]) hold the same detections per image.
 
     Rows whose scores differ by less than ``atol`` may come in either order
     (NMS sorts by score, so a float ulp can swap two near-tied rows between
     a SavedModel and the Keras model); every row must still be matched once.
+    ``empty_slots_alike``: the padding after them is equal too (False where the
+    two fill it differently: the TFLite detector's empty classes are 0, Keras'
+    ``combined_non_max_suppression`` + 1 gives 1).
     """
     actual = {k: np.asarray(v) for k, v in actual.items()}
     expected = {k: np.asarray(v) for k, v in expected.items()}
@@ -146,6 +149,8 @@ def assert_same_detections(actual, expected, atol=1e-5):
             match = next((j for j in unmatched if np.allclose(row, want[j], rtol=0, atol=atol)), None)
             assert match is not None, f"image {image}: detection {row} has no counterpart in {np.array(want)}"
             unmatched.remove(match)
+        for key in ("boxes", "scores", "classes") if empty_slots_alike else ():
+            np.testing.assert_array_equal(actual[key][image, count:], expected[key][image, count:], err_msg=key)
 
 
 def read_metrics(run_dir):

@@ -26,8 +26,7 @@ def _trained_v3(size=48, classes=10, steps=120):
     train = classification.make_pipeline(classification.synthetic_split(True, 1280, size, classes), training=True,
                                          batch_size=32, image_size=size, area_range=(0.25, 1.0))
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
-    model.optimizer.build(model.trainable_variables)  # one trace of the train function, not two
-    fit.build_compiled_state(model, train)
+    fit.build_compiled_state(model, train)  # optimizer slots too: one trace of the train function, not two
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
     val = classification.make_pipeline(classification.synthetic_split(False, 200, size, classes), training=False,
                                        batch_size=200, image_size=size)
