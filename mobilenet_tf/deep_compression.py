@@ -116,8 +116,7 @@ def _split(config, training):
 def fit(model, train_ds, lr, steps, callbacks=()):
     model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy")
     # Slots built here, not inside fit's first trace: variables created while tracing
-    # make TensorFlow trace the train function twice (V3-Small pruning fit, 20 steps:
-    # 44 -> 31 s; QAT 33 -> 27 s).
+    # make TensorFlow trace the train function twice.
     model.optimizer.build(model.trainable_variables)
     model.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=list(callbacks), verbose=0)
     return model

@@ -9,7 +9,7 @@ BAD_DATA = "bad input data: "
 def without_autograph(fn):
     """``fn`` for ``Dataset.map``, traced as plain Python. The pipelines' functions use
     explicit ``tf.cond`` and loops over Python ints, so AutoGraph's source conversion
-    buys nothing and costs seconds per pipeline (a short SSDLite run: 92.6 -> 83.7 s)."""
+    buys nothing and costs seconds of start-up per pipeline."""
     import tensorflow as tf
 
     return tf.autograph.experimental.do_not_convert(fn)
