@@ -285,7 +285,7 @@ def test_ssd_head_tflite_detector_equals_keras(tmp_path):
     assert counts["TFLite_Detection_PostProcess"] == 1 and not any(op.startswith("Flex") for op in counts)
     for i, image in enumerate(images):
         got = detector(image[None])
-        assert int(got["num_detections"][0]) == int(expected["num_detections"][i]) > 0
+        assert int(expected["num_detections"][i]) > 0  # (equal counts: assert_same_detections)
         assert_same_detections(got, {k: v[i:i + 1] for k, v in expected.items()}, atol=1e-4,
                                empty_slots_alike=False)  # (its zeroed empty slots: the test above)
 
