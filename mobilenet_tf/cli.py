@@ -435,7 +435,7 @@ def _compress(args):
     weights.load_by_name(model, os.path.join(args.out, "compressed.npz"))
     model.save(os.path.join(args.out, "compressed.keras"))
     model.save_weights(os.path.join(args.out, "compressed.weights.h5"))
-    print(f"{args.out}: compressed.keras, compressed.weights.h5, int8.tflite, report.md")
+    print(f"{args.out}: compressed.keras, compressed.weights.h5, compressed.dc, int8.tflite, report.md")
     return 0
 
 

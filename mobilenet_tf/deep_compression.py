@@ -13,8 +13,9 @@ float -> pruned (``prune`` sparsity of every Conv2D / Dense kernel, polynomial
 schedule) -> clustered (``clusters`` shared values per kernel, pruned zeros kept) ->
 int8: quantization-aware fine-tuning (sparsity- / cluster-preserving) with ``qat``,
 else post-training full-integer quantization calibrated on training images. Sizes
-are each stage's TFLite file and that file after gzip (entropy coding stands in
-for Huffman coding: pruned zeros and shared values only pay off there).
+are each stage's TFLite file and that file after gzip, and the compressed weights
+in Deep Compression's own format (``mobilenet_tf.compressed_format``: relative
+positions, shared-value indices, Huffman coding) as ``compressed.dc``.
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 import mobilenet_tf
-from mobilenet_tf import _keras, compress, export, weights
+from mobilenet_tf import _keras, compress, compressed_format, export, weights
 from mobilenet_tf.data import classification
 from mobilenet_tf.training import config as config_lib, recipe, reports, run_dir, schedules, strategy as strategy_lib
 from mobilenet_tf.training.config import field
@@ -194,6 +195,12 @@ def main(config):
     int8 = export.TFLiteModel(int8_path)
     record("int8", int8_path, int8)
     weights.save_by_name(current, run.path("compressed.npz"))
+    # Deep Compression's file of the pruned and clustered weights (value indices as
+    # wide as the clusters need).
+    encoded = compressed_format.encode(current, bits=compressed_format.bits_for(config.clusters or 255))
+    with open(run.path("compressed.dc"), "wb") as f:
+        f.write(encoded)
+    file_summary = compressed_format.report(encoded)
 
     for stage in stages:
         stage["ratio"] = stages[0]["bytes"] / stage["gzip_bytes"]
@@ -201,7 +208,11 @@ def main(config):
     reference_top1 = np.argmax(keras_predict(reference)(images), -1)
     metrics = dict(
         float_accuracy=by_stage["float"]["accuracy"], int8_tflite_accuracy=by_stage["int8"]["accuracy"],
-        compression_ratio=by_stage["int8"]["ratio"], stages=stages,
+        # The Deep Compression file against the float32 weights; the int8 TFLite file
+        # after gzip against the float one.
+        compressed_bytes=len(encoded), float32_weight_bytes=file_summary["total"]["float32_bits"] // 8,
+        compression_ratio=file_summary["total"]["ratio"], int8_gzip_ratio=by_stage["int8"]["ratio"],
+        compressed_file=dict(file_summary["total"]), stages=stages,
         # The Keras-vs-TFLite gap: the QAT (or the float, for post-training int8) Keras
         # model's accuracy and its top-1 agreement with the int8 file.
         int8_reference_accuracy=float(np.mean(reference_top1 == labels)),
@@ -219,19 +230,23 @@ def main(config):
         metrics["max_unique_values"] = int(max(metrics["unique_values_per_layer"].values()))
     if config.qat:
         metrics["qat_accuracy"] = metrics["int8_reference_accuracy"]
-    write_report(stages, run.path("report.md"))
+    write_report(stages, run.path("report.md"), file_summary)
     plot_stages(stages, run.path("size_accuracy.png"))
     reports.write_metrics(run, metrics)
-    print(f"compression {metrics['compression_ratio']:.1f}x, int8 accuracy {metrics['int8_tflite_accuracy']:.4f} "
+    print(f"compressed.dc {len(encoded):,} bytes ({metrics['compression_ratio']:.1f}x the float32 weights), "
+          f"int8 TFLite + gzip {metrics['int8_gzip_ratio']:.1f}x, int8 accuracy {metrics['int8_tflite_accuracy']:.4f} "
           f"(float {metrics['float_accuracy']:.4f})  -> {run.root}")
     return metrics
 
 
-def write_report(stages, path):
-    """Deep Compression's table as Markdown."""
+def write_report(stages, path, file_summary):
+    """Deep Compression's tables as Markdown: the stages' TFLite files, then the
+    compressed.dc file layer by layer (``compressed_format.report_markdown``)."""
     lines = ["| stage | accuracy | bytes | gzip bytes | ratio to float |", "|---|---|---|---|---|"]
     lines += [f"| {s['stage']} | {s['accuracy']:.4f} | {s['bytes']:,} | {s['gzip_bytes']:,} | {s['ratio']:.1f}x |"
               for s in stages]
+    lines += ["", "compressed.dc (Deep Compression's format):", "",
+              compressed_format.report_markdown(file_summary).rstrip("\n")]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -10,8 +10,9 @@ Runs under tf_keras (tensorflow-model-optimization 0.8 needs it): this script se
 with Keras 3 comes in as ``--weights`` saved by ``mobilenet_tf.weights.save_by_name``
 (or use ``mobilenet-tf compress run/model.keras``, which does that for you). The
 stages and the report are ``mobilenet_tf.deep_compression``; the run directory gets
-config.json, metrics.json, report.md (the table), size_accuracy.png, the stages'
-.tflite files and compressed.npz.
+config.json, metrics.json, report.md (the tables), size_accuracy.png, the stages'
+.tflite files, compressed.npz and compressed.dc (the weights in Deep Compression's
+format: ``mobilenet_tf.compressed_format.decode`` reads it back).
 """
 
 import os
