@@ -11,11 +11,15 @@ A pruned and clustered kernel is stored as
 and both index streams are **Huffman coded** with canonical codes (code lengths
 limited to 16 bits; the per-kernel length tables are in the file). Everything
 else (biases, BatchNormalization, kernels with more shared values than ``bits``
-allow) is stored as raw float32, so ``decode`` restores every variable bit for bit.
+allow, and kernels so small that their shared form would take more bytes) is
+stored as raw float32. ``decode`` restores every value exactly (the shared values
+by bit pattern); only a zero's sign is not kept: pruning leaves -0.0 where it masked
+a negative weight, and storing those as entries would double a kernel's entries.
 
 File layout: ``MAGIC``, a little-endian uint32 header length, the zlib-compressed
 JSON header (format version, model name, per variable: path, shape, encoding,
-counts and the byte sizes of its blocks), then the blocks in header order. Its size is what
+counts, the byte sizes of its blocks and their CRC-32), then the blocks in header
+order. Its size is what
 ``len(encode(model))`` says; ``report`` breaks it down as the paper's Table 1 does.
 """
 
@@ -46,6 +50,8 @@ def code_lengths(counts, max_bits=MAX_CODE_BITS):
     if len(used) == 1:
         lengths[used] = 1
         return lengths
+    if len(used) > 1 << max_bits:
+        raise ValueError(f"{len(used)} symbols do not fit codes of at most {max_bits} bits.")
     weights = counts[used].copy()
     while True:
         heap = [(int(w), i, (i,)) for i, w in enumerate(weights)]
@@ -63,6 +69,16 @@ def code_lengths(counts, max_bits=MAX_CODE_BITS):
             lengths[used] = depth
             return lengths
         weights = np.maximum(weights // 2, 1)
+
+
+def _checked_lengths(lengths):
+    """Code lengths as int64, ``ValueError`` unless they are a valid prefix code's
+    (each <= ``MAX_CODE_BITS``, Kraft sum <= 1): a corrupt table is refused."""
+    lengths = np.asarray(lengths, np.int64)
+    used = lengths[lengths > 0]
+    if lengths.min(initial=0) < 0 or used.max(initial=0) > MAX_CODE_BITS or np.sum(2.0 ** -used) > 1.0:
+        raise ValueError(f"corrupt Huffman table (code lengths must be 1..{MAX_CODE_BITS} and form a prefix code).")
+    return lengths
 
 
 def canonical_codes(lengths):
@@ -84,7 +100,8 @@ def huffman_encode(symbols, lengths):
     symbols = np.asarray(symbols, np.int64)
     if symbols.size == 0:
         return b""
-    codes, sizes = canonical_codes(lengths)[symbols].astype(np.int64), np.asarray(lengths, np.int64)[symbols]
+    lengths = _checked_lengths(lengths)
+    codes, sizes = canonical_codes(lengths)[symbols].astype(np.int64), lengths[symbols]
     if sizes.min() == 0:
         raise ValueError("a symbol to encode has no code (its count was 0).")
     shifts = sizes[:, None] - 1 - np.arange(MAX_CODE_BITS)[None, :]
@@ -93,11 +110,12 @@ def huffman_encode(symbols, lengths):
 
 
 def huffman_decode(data, lengths, count):
-    """The first ``count`` symbols of ``huffman_encode``'s bytes (table lookup on the
-    next ``MAX_CODE_BITS`` bits)."""
+    """The ``count`` symbols of ``huffman_encode``'s bytes (table lookup on the next
+    ``MAX_CODE_BITS`` bits); ``ValueError`` if the stream ends early or has more than
+    its padding left over."""
     if count == 0:
         return np.zeros(0, np.int64)
-    lengths = np.asarray(lengths, np.int64)
+    lengths = _checked_lengths(lengths)
     codes = canonical_codes(lengths)
     table_symbol = np.zeros(1 << MAX_CODE_BITS, np.int64)
     table_length = np.zeros(1 << MAX_CODE_BITS, np.int64)
@@ -113,13 +131,13 @@ def huffman_decode(data, lengths, count):
     out = np.empty(count, np.int64)
     position = 0
     for i in range(count):
-        if position >= len(window):
-            raise ValueError("truncated Huffman stream.")
-        entry = window[position]
-        if table_length[entry] == 0:
-            raise ValueError("corrupt Huffman stream (no code matches).")
+        entry = window[position] if position < len(window) else 0
+        if table_length[entry] == 0 or position + table_length[entry] > len(window):
+            raise ValueError("truncated or corrupt Huffman stream.")
         out[i] = table_symbol[entry]
         position += table_length[entry]
+    if len(window) - position >= 8:
+        raise ValueError("corrupt Huffman stream (more bits than its symbols).")
     return out
 
 
@@ -145,12 +163,19 @@ def sparse_entries(flat, gap_bits):
     return np.asarray(positions, np.int64), np.asarray(gaps, np.int64)
 
 
+def _bit_patterns(values):
+    """float32 values as their uint32 bit patterns (0 only for +0.0)."""
+    return np.ascontiguousarray(values, np.float32).view(np.uint32)
+
+
 def _shared_block(values, bits, gap_bits):
-    """(entry dict for the header, block bytes) of a kernel stored as sparse shared values."""
+    """(entry dict for the header, block bytes) of a kernel stored as sparse shared
+    values (the codebook holds their bit patterns: they come back bit for bit)."""
     flat = values.ravel()
-    codebook = np.unique(flat[flat != 0]).astype(np.float32)
+    patterns = _bit_patterns(flat)
+    codebook = np.unique(patterns[flat != 0])
     positions, gaps = sparse_entries(flat, gap_bits)
-    symbols = np.searchsorted(codebook, flat[positions]) + 1  # 0 = filler zero
+    symbols = np.searchsorted(codebook, patterns[positions]) + 1  # 0 = filler zero
     symbols[flat[positions] == 0] = 0
     value_lengths = code_lengths(np.bincount(symbols, minlength=len(codebook) + 1))
     gap_lengths = code_lengths(np.bincount(gaps, minlength=1 << gap_bits))
@@ -166,17 +191,16 @@ def _restore_shared(entry, block, size):
     codebook_bytes, value_table, gap_table, value_bytes, gap_bytes = entry["blocks"]
     offsets = np.cumsum([0, *entry["blocks"]])
     piece = lambda i: block[offsets[i]:offsets[i + 1]]
-    codebook = np.frombuffer(piece(0), np.float32)
+    codebook = np.frombuffer(piece(0), np.uint32)
     value_lengths, gap_lengths = np.frombuffer(piece(1), np.uint8), np.frombuffer(piece(2), np.uint8)
     symbols = huffman_decode(piece(3), value_lengths, entry["entries"])
     gaps = huffman_decode(piece(4), gap_lengths, entry["entries"])
     positions = np.cumsum(gaps + 1) - 1
     if len(positions) and positions[-1] >= size:
         raise ValueError("corrupt file: a stored position lies outside its kernel.")
-    flat = np.zeros(size, np.float32)
-    values = np.concatenate([[np.float32(0)], codebook])[symbols]
-    flat[positions] = values
-    return flat
+    flat = np.zeros(size, np.uint32)
+    flat[positions] = np.concatenate([np.zeros(1, np.uint32), codebook])[symbols]
+    return flat.view(np.float32)
 
 
 # --- the model file -------------------------------------------------------------------------
@@ -202,15 +226,19 @@ def encode(model, bits=8, conv_gap_bits=CONV_GAP_BITS, fc_gap_bits=FC_GAP_BITS):
     """
     for name, value in (("bits", bits), ("conv_gap_bits", conv_gap_bits), ("fc_gap_bits", fc_gap_bits)):
         _check_bits(name, value)
+    bits, conv_gap_bits, fc_gap_bits = int(bits), int(conv_gap_bits), int(fc_gap_bits)
     entries, blocks = [], []
     for path, variable in _variables_by_path(model).items():
-        values = np.asarray(variable.numpy(), np.float32)
+        values = variable.numpy()
+        if values.dtype != np.float32:
+            raise ValueError(f"{path} is {values.dtype}: the format stores float32 variables only.")
         head = dict(path=path, shape=list(values.shape))
-        distinct = np.unique(values[values != 0]).size if values.ndim >= 2 else None
-        if distinct is not None and distinct <= (1 << bits) - 1:
-            entry, block = _shared_block(values, bits, fc_gap_bits if values.ndim == 2 else conv_gap_bits)
-        else:
-            entry, block = dict(encoding="float32", blocks=[values.size * 4]), values.tobytes()
+        entry, block = dict(encoding="float32", blocks=[values.size * 4]), values.tobytes()
+        if values.ndim >= 2 and np.unique(_bit_patterns(values)[values != 0]).size <= (1 << bits) - 1:
+            shared, packed = _shared_block(values, bits, fc_gap_bits if values.ndim == 2 else conv_gap_bits)
+            if len(packed) < len(block):  # else float32 is smaller (a tiny or dense kernel)
+                entry, block = shared, packed
+        entry["crc32"] = zlib.crc32(block)
         entries.append({**head, **entry})
         blocks.append(block)
     header = zlib.compress(json.dumps(dict(format=FORMAT_VERSION, model=model.name, variables=entries),
@@ -288,6 +316,8 @@ def decode(data, model):
         size = int(np.prod(entry["shape"], dtype=np.int64))
         block = bytes(data[offset:offset + sum(entry["blocks"])])
         offset += len(block)
+        if zlib.crc32(block) != entry["crc32"]:
+            raise ValueError(f"corrupt Deep Compression file: the block of {entry['path']} fails its checksum.")
         flat = (np.frombuffer(block, np.float32) if entry["encoding"] == "float32"
                 else _restore_shared(entry, block, size))
         restored[entry["path"]] = flat.reshape(entry["shape"])
@@ -345,6 +375,6 @@ def report_markdown(summary):
     lines.append(f"| {len(plain)} variables as float32 | | | | | | {bits:,} | {bits:,} | 1.0x |")
     t = summary["total"]
     lines.append(f"| **file** ({t['header_bytes']:,} header bytes) | | | | | | {8 * t['file_bytes']:,} "
-                 f"({mb(8 * t['file_bytes'])} MB; {mb(t['fixed_width_bits'])} MB before Huffman) | "
+                 f"({mb(8 * t['file_bytes'])} MB; streams and codebooks before Huffman {mb(t['fixed_width_bits'])} MB) | "
                  f"{t['float32_bits']:,} ({mb(t['float32_bits'])} MB) | {t['ratio']:.1f}x |")
     return "\n".join(lines) + "\n"
