@@ -188,7 +188,6 @@ def _shared_block(values, bits, gap_bits):
 
 
 def _restore_shared(entry, block, size):
-    codebook_bytes, value_table, gap_table, value_bytes, gap_bytes = entry["blocks"]
     offsets = np.cumsum([0, *entry["blocks"]])
     piece = lambda i: block[offsets[i]:offsets[i + 1]]
     codebook = np.frombuffer(piece(0), np.uint32)
@@ -349,8 +348,8 @@ def report(data):
         row["ratio"] = row["float32_bits"] / max(row["stored_bits"], 1)
         rows.append(row)
     total = dict(float32_bits=sum(r["float32_bits"] for r in rows), stored_bits=sum(r["stored_bits"] for r in rows),
-                 fixed_width_bits=sum(r["fixed_width_bits"] for r in rows), file_bytes=offset + sum(
-                     sum(v["blocks"]) for v in header["variables"]))
+                 fixed_width_bits=sum(r["fixed_width_bits"] for r in rows),
+                 file_bytes=len(data))  # read_header checked it against the header
     total["header_bytes"] = offset
     total["ratio"] = total["float32_bits"] / (8 * total["file_bytes"])
     shared = [r for r in rows if r["encoding"] == "shared"]
