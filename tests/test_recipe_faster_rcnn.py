@@ -60,14 +60,14 @@ def test_padded_batches_put_boxes_on_the_canvas_and_evaluation_maps_them_back():
     canvas = gt["boxes"].numpy()
     valid = gt["valid"].numpy()
     assert gt["classes"].shape == (2, ssd_data.MAX_BOXES) and valid.sum() == 3 and valid.dtype == np.float32
-    first, second = (0, 1)  # buffer 1, deterministic: in order
-    # A box on the 256 x 128 image is at [y, x * 128 / 384] on the canvas (a flip may
-    # mirror it within the image).
-    ymin, xmin, ymax, xmax = canvas[first, 0]
+    # In order (buffer 1, deterministic): the tall image first. Its box on the 256 x 128
+    # image is at [y, x * 128 / 384] on the canvas (a flip may mirror it within the image).
+    assert gt["classes"].numpy()[:, 0].tolist() == [1, 2]
+    ymin, xmin, ymax, xmax = canvas[0, 0]
     assert (ymin, ymax) == pytest.approx((0.1, 0.5), abs=1e-6)
     assert sorted([xmin, xmax]) in ([pytest.approx(0.2 * 128 / 384), pytest.approx(0.6 * 128 / 384)],
                                     [pytest.approx(0.4 * 128 / 384), pytest.approx(0.8 * 128 / 384)])
-    assert canvas[second, :2, 2].max() == pytest.approx(0.9 * 128 / 256)  # the wide image's boxes: its top half
+    assert canvas[1, :2, 2].max() == pytest.approx(0.9 * 128 / 256)  # the wide image's boxes: its top half
 
     eval_ds = data.make_eval_pipeline(split, min_side=128, max_side=400, batch_size=2)
     batch, info = next(iter(eval_ds))
