@@ -25,6 +25,7 @@ setup(
         "pycocotools",
         "matplotlib",
         "numpy",
+        "safetensors",  # timm checkpoints (MobileNetV4 weights), read without PyTorch
     ],
     # LiteRT: the maintained TFLite interpreter (tf.lite.Interpreter is deprecated); used where installed.
     extras_require={"litert": ["ai-edge-litert"], "test": ["pytest", "pytest-xdist", "ai-edge-litert"]},

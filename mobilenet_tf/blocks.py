@@ -18,7 +18,7 @@ from mobilenet_tf._keras import layers
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
 
-ACTIVATIONS = ("relu", "relu6", "hard_swish")
+ACTIVATIONS = ("relu", "relu6", "hard_swish", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +140,8 @@ def activation(x, kind, name):
         return layers.ReLU(6.0, name=name)(x)
     if kind == "hard_swish":
         return hard_swish(x, name)
+    if kind == "gelu":  # exact (erf) GELU, MobileNetV4 Hybrid-L's
+        return layers.Activation("gelu", name=name)(x)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {kind!r}.")
 
 

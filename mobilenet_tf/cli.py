@@ -59,7 +59,8 @@ def _model_args(parser, from_run=False):
 def get_args_parser():
     parser = argparse.ArgumentParser(prog="mobilenet-tf", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list model names", allow_abbrev=False)
+    p = sub.add_parser("list", help="list model names", allow_abbrev=False)
+    p.add_argument("--weights", action="store_true", help="also say where trained weights are published")
     _model_args(sub.add_parser("summary", help="print the Keras summary of a model", allow_abbrev=False))
     p = sub.add_parser("profile", help="params and multiply-adds of a model", allow_abbrev=False)
     _model_args(p)
@@ -439,6 +440,20 @@ def _compress(args):
     return 0
 
 
+def _published_weights(name):
+    """Where trained weights for ``name`` are published, and how to load them."""
+    from mobilenet_tf import registry, timm_weights
+
+    record = registry.get_entry(name)
+    if record.published:
+        alphas = ", ".join(f"{a:g}" for a in record.published.alphas)
+        widths = f" (alpha {alphas})" if record.width_argument == "alpha" else ""
+        return f"keras.applications ImageNet{widths}: weights='imagenet'"
+    if name in timm_weights.CHECKPOINTS:
+        return f"timm ImageNet: {timm_weights.CHECKPOINTS[name]} on the Hugging Face Hub, weights='model.safetensors'"
+    return "none published (train with recipes/imagenet.py)"
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = get_args_parser().parse_args(argv)
@@ -447,7 +462,7 @@ def main(argv=None):
     try:
         if args.command == "list":
             for name in registry.list_models():
-                print(f"{name:<24} {registry.get_entry(name).description}")
+                print(f"{name:<24} {_published_weights(name) if args.weights else registry.get_entry(name).description}")
         elif args.command == "summary":
             _build(args).summary()
         elif args.command == "profile":

@@ -1,9 +1,10 @@
 """Parameters and multiply-adds, per layer and in total.
 
 The papers' convention: multiply-adds of Conv2D, DepthwiseConv2D,
-SeparableConv2D and Dense layers only (no BN, activations, pooling or bias
-adds). With it the profiler reproduces the papers' tables (V1 569M, V2 300M,
-V3-Large 217M, V3-Small 56M at 224).
+SeparableConv2D and Dense layers and of attention's two matmuls (MobileNetV4's
+hybrids) only (no BN, activations, softmax, pooling or bias adds). With it the
+profiler reproduces the papers' tables (V1 569M, V2 300M, V3-Large 217M,
+V3-Small 56M at 224).
 """
 
 import dataclasses
@@ -65,7 +66,11 @@ def _shape(tensor):
 
 
 def layer_madds(layer):
-    """Multiply-adds of one layer call, from its input and output shapes."""
+    """Multiply-adds of one layer call, from its input and output shapes (a layer with a
+    ``multiply_adds(input_shapes)`` method, such as MobileNetV4's attention, counts its own)."""
+    if hasattr(layer, "multiply_adds"):
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        return layer.multiply_adds([tuple(tensor.shape) for tensor in inputs])
     if isinstance(layer, (layers.DepthwiseConv2D, layers.SeparableConv2D)):
         kh, kw = layer.kernel_size
         in_channels = _shape(layer.input)[-1]

@@ -24,7 +24,7 @@ def measure(row):
 def measure_variant(name, alpha, resolution):
     """Profile of ``build(name, alpha=alpha)`` at a square resolution, 1000 classes
     (cached: the profile of a variant never changes within a process)."""
-    model = registry.build(name, alpha=alpha, input_shape=(resolution, resolution, 3))
+    model = registry.build(name, input_shape=(resolution, resolution, 3), **registry.options_for(name, alpha=alpha))
     return profile(model)
 
 
@@ -39,8 +39,9 @@ def zoo_markdown(rows=PAPER_ROWS):
         p = measure(row)
         mark = ""
         if row.note:
-            notes.append(row.note)
-            mark = f" [{len(notes)}]"
+            if row.note not in notes:  # one footnote per text
+                notes.append(row.note)
+            mark = f" [{notes.index(row.note) + 1}]"
         lines.append(
             f"| {row.name} | {row.alpha:g} | {row.resolution} | {p.params / 1e6:.3f}M "
             f"| {p.conv_dense_params / 1e6:.3f}M | {p.madds / 1e6:.1f}M | {row.madds_m:g}M "

@@ -41,8 +41,9 @@ def test_hard_swish_and_sigmoid_match_paper_formula():
 
 
 def test_activation_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="activation must be one of"):
-        blocks.activation(keras.Input((4, 4, 8)), "gelu", "a")
+    with pytest.raises(ValueError,
+                       match=r"activation must be one of \(.relu., .relu6., .hard_swish., .gelu.\), got .swish."):
+        blocks.activation(keras.Input((4, 4, 8)), "swish", "a")
 
 
 def test_squeeze_excite_scales_channels_with_gate_in_0_1():

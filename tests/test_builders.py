@@ -15,12 +15,14 @@ def test_list_models_is_the_documented_set():
     assert ALL == sorted(["v1", "v2", "v3_large", "v3_large_minimalistic", "v3_small", "v3_small_minimalistic",
                           "squeezenet1_0", "squeezenet1_1", "xception"]
                          + [f"shufflenet_v1_g{g}" for g in (1, 2, 3, 4, 8)]
-                         + [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")])
+                         + [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
+                         + [f"v4_{v}" for v in ("conv_small", "conv_medium", "conv_large", "hybrid_medium",
+                                                "hybrid_large")])
 
 
 # The development loop (``-m "not slow"``) builds one model of each family; the full suite every one.
-FAMILY_REPRESENTATIVES = ("v1", "v2", "v3_small", "squeezenet1_1", "shufflenet_v1_g1", "shufflenet_v2_x0_5",
-                          "xception")
+FAMILY_REPRESENTATIVES = ("v1", "v2", "v3_small", "v4_conv_small", "squeezenet1_1", "shufflenet_v1_g1",
+                          "shufflenet_v2_x0_5", "xception")
 
 
 @pytest.mark.parametrize("name", slow_unless_representative(ALL, FAMILY_REPRESENTATIVES, seconds=3))

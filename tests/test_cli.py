@@ -18,6 +18,12 @@ def test_list(capsys):
     names = [line.split()[0] for line in lines]
     assert names == mobilenet_tf.list_models() and {"v1", "xception", "shufflenet_v2_x1_0"} <= set(names)
     assert "Table 2" in lines[names.index("v3_small")]
+    assert cli.main(["list", "--weights"]) == 0
+    where = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert list(where) == names
+    assert where["v3_small"] == "keras.applications ImageNet (alpha 0.75, 1): weights='imagenet'"
+    assert where["v4_hybrid_medium"].startswith("timm ImageNet: timm/mobilenetv4_hybrid_medium.")
+    assert where["shufflenet_v2_x1_0"].startswith("none published")
 
 
 def test_profile_json_and_per_layer(capsys):

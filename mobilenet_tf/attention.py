@@ -1,0 +1,82 @@
+"""MobileNetV4's two custom layers: multi-query attention over feature maps and layer scale.
+
+Keras' ``MultiHeadAttention`` projects a key and a value per head; Mobile MQA (V4
+paper section 3.3) shares one key and one value across the heads, and runs on
+(B, H, W, C) maps of any size, which ``Reshape`` cannot express (it needs static
+height and width). So the attention itself (the two matmuls and the softmax) is
+one small weightless layer on TensorFlow ops, and every projection around it is a
+stock ``Conv2D`` / ``DepthwiseConv2D``. Both layers work in Keras 3 and tf_keras,
+are registered for serialisation (``load_model`` needs ``import mobilenet_tf``) and
+convert to TFLite BATCH_MATMUL / SOFTMAX / MUL ops.
+"""
+
+import tensorflow as tf
+
+from mobilenet_tf._keras import keras, layers
+
+_register = keras.saving.register_keras_serializable(package="mobilenet_tf")
+
+
+@_register
+class MultiQueryAttention(layers.Layer):
+    """softmax(Q K^T / sqrt(key_dim)) V with ``heads`` queries and one shared key / value.
+
+    Inputs ``[query, key, value]``: query (B, H, W, heads * key_dim) in head-major
+    channel order (channel ``h * key_dim + d``), key (B, h, w, key_dim), value
+    (B, h, w, value_dim) (keys and values may be downsampled: h * w positions).
+    Output (B, H, W, heads * value_dim), head-major.
+    """
+
+    def __init__(self, heads, key_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.heads, self.key_dim = int(heads), int(key_dim)
+
+    def call(self, inputs):
+        query, key, value = inputs
+        shape = tf.shape(query)
+        value_dim = value.shape[-1]
+        # One batched matmul for every head: the key is shared, so the heads become rows.
+        q = tf.reshape(query, tf.stack([shape[0], -1, self.key_dim])) * (self.key_dim ** -0.5)
+        k = tf.reshape(key, tf.stack([shape[0], -1, self.key_dim]))
+        v = tf.reshape(value, tf.stack([shape[0], -1, value_dim]))
+        attention = tf.nn.softmax(tf.matmul(q, k, transpose_b=True), axis=-1)  # (B, H*W*heads, h*w)
+        out = tf.matmul(attention, v)
+        return tf.reshape(out, tf.stack([shape[0], shape[1], shape[2], self.heads * value_dim]))
+
+    def compute_output_shape(self, input_shapes):
+        query, _, value = input_shapes
+        return tuple(query[:-1]) + (self.heads * value[-1],)
+
+    def multiply_adds(self, input_shapes):
+        """Q K^T and attention x V, per image (``profile`` counts them with the convolutions)."""
+        query, key, value = (tuple(shape[1:]) for shape in input_shapes)
+        queries = query[0] * query[1] * self.heads
+        positions = key[0] * key[1]
+        return queries * positions * (self.key_dim + value[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+
+
+@_register
+class LayerScale(layers.Layer):
+    """x * gamma, one learned factor per channel (CaiT's layer scale; V4's hybrids
+    start it at 1e-5 so each block begins close to the identity of its residual)."""
+
+    def __init__(self, init_value=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = float(init_value)
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],),
+                                     initializer=keras.initializers.Constant(self.init_value))
+        super().build(input_shape)
+
+    def call(self, x):
+        return x * tf.cast(self.gamma, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}
