@@ -33,15 +33,17 @@ class MultiQueryAttention(layers.Layer):
 
     def call(self, inputs):
         query, key, value = inputs
-        shape = tf.shape(query)
         value_dim = value.shape[-1]
+        if None in (*query.shape[1:3], *key.shape[1:3]):  # a map of unknown size: shapes at run time
+            height, width = tf.shape(query)[1], tf.shape(query)[2]
+        else:  # static shapes: constant RESHAPEs, which keep a TFLite graph in one XNNPACK partition
+            height, width = query.shape[1], query.shape[2]
         # One batched matmul for every head: the key is shared, so the heads become rows.
-        q = tf.reshape(query, tf.stack([shape[0], -1, self.key_dim])) * (self.key_dim ** -0.5)
-        k = tf.reshape(key, tf.stack([shape[0], -1, self.key_dim]))
-        v = tf.reshape(value, tf.stack([shape[0], -1, value_dim]))
+        q = tf.reshape(query, [-1, height * width * self.heads, self.key_dim]) * (self.key_dim ** -0.5)
+        k = tf.reshape(key, [-1, _positions(key), self.key_dim])
+        v = tf.reshape(value, [-1, _positions(value), value_dim])
         attention = tf.nn.softmax(tf.matmul(q, k, transpose_b=True), axis=-1)  # (B, H*W*heads, h*w)
-        out = tf.matmul(attention, v)
-        return tf.reshape(out, tf.stack([shape[0], shape[1], shape[2], self.heads * value_dim]))
+        return tf.reshape(tf.matmul(attention, v), [-1, height, width, self.heads * value_dim])
 
     def compute_output_shape(self, input_shapes):
         query, _, value = input_shapes
@@ -56,6 +58,13 @@ class MultiQueryAttention(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+
+
+def _positions(x):
+    """h * w of a (B, h, w, C) tensor: a number when both are known, else a tensor."""
+    if None in x.shape[1:3]:
+        return tf.shape(x)[1] * tf.shape(x)[2]
+    return x.shape[1] * x.shape[2]
 
 
 @_register

@@ -338,7 +338,7 @@ def mobilenet_v4(
     def classifier(features):
         y = layers.GlobalAveragePooling2D(keepdims=True, name="global_average_pooling")(features)
         y = make.conv_bn(y, LAST_POINT, 1, 1, "conv_2")
-        y = layers.Flatten(name="flatten")(y)
+        y = layers.Reshape((LAST_POINT,), name="flatten")(y)  # a constant-shape RESHAPE in TFLite (Flatten's is not)
         if dropout_rate > 0:
             y = layers.Dropout(dropout_rate, name="dropout")(y)
         return layers.Dense(classes, activation=classifier_activation, name="predictions", dtype="float32")(y)

@@ -114,6 +114,11 @@ def test_saves_loads_and_converts_to_tflite(variant, tmp_path, images):
     np.testing.assert_allclose(run(keras.models.load_model(tmp_path / "m.keras"), x), expected, atol=1e-5)
     tflite = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "m.tflite")))
     np.testing.assert_allclose(tflite(x), expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    # Attention's reshapes are constant (no SHAPE ops splitting the graph): XNNPACK takes
+    # it in at most two partitions (the classifier's batch reshape is the other).
+    counts = tflite.op_counts()
+    assert counts["DELEGATE"] <= 2 and counts.get("SHAPE", 0) <= 1, counts
+    assert counts.get("BATCH_MATMUL", 0) == 2 * sum(isinstance(r, MQA) for r in ARCHITECTURES[variant].blocks)
 
 
 @pytest.mark.slow(seconds=6)
@@ -144,6 +149,9 @@ def test_heads_take_v4_backbones():
     assert run(embedding, np.zeros((2, 64, 64, 3), "float32")).shape == (2, 16)
     model, info = registry.build_features("v4_hybrid_medium", output_stride=16, input_shape=(64, 64, 3))
     assert info["C5"].stride == 16 and model.output["C5"].shape[1] == 4
+    any_size = mobilenet_tf.build("v4_hybrid_medium", include_top=False)  # attention on maps of unknown size
+    for height, width in ((64, 64), (96, 128)):
+        assert run(any_size, np.zeros((1, height, width, 3), "float32")).shape == (1, height // 32, width // 32, 960)
 
 
 @pytest.mark.parametrize("call, message", [
