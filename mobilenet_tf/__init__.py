@@ -1,4 +1,4 @@
-"""MobileNet V1/V2/V3 for Keras, with the papers' downstream systems.
+"""MobileNet V1/V2/V3/V4 for Keras, with the papers' downstream systems.
 
 >>> import mobilenet_tf
 >>> model = mobilenet_tf.build("v3_small", alpha=0.75)
@@ -9,7 +9,8 @@ builder, the arguments the name fixes, its options, keras.applications' publishe
 weights, the paper's rows of the zoo table and its endpoints' feature information.
 """
 
-from mobilenet_tf import mobilenet_v1 as _v1, mobilenet_v2 as _v2, mobilenet_v3 as _v3, mobilenet_v4 as _v4, registry
+from mobilenet_tf import mobilenet_v1 as _v1, mobilenet_v2 as _v2, mobilenet_v3 as _v3, mobilenet_v4 as _v4
+from mobilenet_tf import registry
 from mobilenet_tf import shufflenet as _shufflenet, squeezenet as _squeezenet, xception as _xception
 from mobilenet_tf.mobilenet_v1 import mobilenet_v1
 from mobilenet_tf.mobilenet_v2 import mobilenet_v2
@@ -66,8 +67,8 @@ for _minimal in (False, True):
             paper_rows=_V3_PAPER[_name],
         )
 
-# The other families: widths in their names or none, no reduced tail.# Model Garden's builder at 224 (trainable params, 1000 classes) = timm's; the paper's MACs at
-# each variant's native resolution (V4 paper Table 9; PAPERS.md section 8).
+# MobileNetV4: no width multiplier, no reduced tail. Params: Model Garden's builder at 224
+# (trainable, 1000 classes) = timm's; MACs: the paper's, at each variant's native resolution.
 _V4_PAPER = {
     "conv_small": (3.774024, 200), "conv_medium": (9.715512, 1000), "conv_large": (32.590864, 5900),
     "hybrid_medium": (11.074648, 1200), "hybrid_large": (37.764624, 7200),
@@ -82,6 +83,7 @@ for _variant, (_params, _madds) in _V4_PAPER.items():
                           note="the paper rounds MACs to 0.1G and counts params with BN; exact sizes against "
                                "Model Garden and timm: tests/test_mobilenet_v4.py"),))
 
+# The other families: widths in their names or none, no reduced tail.
 for _version in ("1_0", "1_1"):
     registry.register_variant(
         f"squeezenet{_version}", squeezenet, f"SqueezeNet {_version.replace('_', '.')} (Iandola et al. 2016)",
@@ -98,10 +100,11 @@ for _width in (0.5, 1.0, 1.5, 2.0):
 registry.register_variant(
     "xception", xception, "Xception (Chollet 2017, Figure 5)", family="xception", features=_xception.feature_info,
     published=PublishedWeights("Xception", sizes=(299,), takes_alpha=False))
-del _V3_PAPER, _V4_PAPER, _variant, _params, _madds, _minimal, _size, _builder, _features, _table, _name, _version, _groups, _width
+del _V3_PAPER, _V4_PAPER, _variant, _params, _madds, _minimal, _size, _builder, _features, _table, _name
+del _version, _groups, _width
 
 __all__ = [
     "build", "build_features", "options_for", "list_models", "profile", "mobilenet_v1", "mobilenet_v2",
-    "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4", "squeezenet", "shufflenet_v1", "shufflenet_v2", "xception",
-    "__version__",
+    "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4", "squeezenet", "shufflenet_v1", "shufflenet_v2",
+    "xception", "__version__",
 ]

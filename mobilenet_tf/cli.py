@@ -462,7 +462,8 @@ def main(argv=None):
     try:
         if args.command == "list":
             for name in registry.list_models():
-                print(f"{name:<24} {_published_weights(name) if args.weights else registry.get_entry(name).description}")
+                about = _published_weights(name) if args.weights else registry.get_entry(name).description
+                print(f"{name:<24} {about}")
         elif args.command == "summary":
             _build(args).summary()
         elif args.command == "profile":

@@ -174,6 +174,7 @@ def feature_info(variant):
 
 
 def _block_output_name(row, prefix, in_channels, layer_scale):
+    """The name of the layer ``_Layers.block`` ends ``row``'s block with."""
     if isinstance(row, ConvBN):
         return prefix + "conv_act"
     if isinstance(row, MQA) or (isinstance(row, UIB) and row.stride == 1 and in_channels == row.filters):
