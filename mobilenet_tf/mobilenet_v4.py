@@ -14,7 +14,7 @@ mobilenet.py``, ``MNV4*_BLOCK_SPECS``) as data, row for row; timm's
 - ``MQA``, Mobile multi-query attention (section 3.3): BN pre-norm -> query 1x1
   (``heads * key_dim``); key and value each from an optional stride-2 3x3 depthwise +
   BN, then a 1x1 to ``key_dim`` (one key and one value shared by every head) ->
-  attention (``attention.MultiQueryAttention``) -> 1x1 output -> [layer scale] -> + input.
+  attention (``v4_layers.MultiQueryAttention``) -> 1x1 output -> [layer scale] -> + input.
 
 Every model ends with 1x1 conv 960 (C5) -> global pool -> 1x1 conv 1280 with BN
 and act -> dropout -> Dense. The hybrids use layer scale (init 1e-5) in every UIB
@@ -33,7 +33,7 @@ from typing import Union
 
 from mobilenet_tf import backbone, blocks, registry, timm_weights, weights as weights_lib
 from mobilenet_tf._keras import layers
-from mobilenet_tf.attention import LayerScale, MultiQueryAttention
+from mobilenet_tf.v4_layers import LayerScale, MultiQueryAttention, StochasticDepth
 
 PADDINGS = ("same", "symmetric")
 LAYER_SCALE_INIT = 1e-5
@@ -187,8 +187,9 @@ def _block_output_name(row, prefix, in_channels, layer_scale):
 class _Layers:
     """The layer factory of one build: padding rule, BN epsilon, activation."""
 
-    def __init__(self, padding, activation, layer_scale, bn_epsilon):
+    def __init__(self, padding, activation, layer_scale, bn_epsilon, drop_rates):
         self.padding, self.act, self.layer_scale, self.bn_epsilon = padding, activation, layer_scale, bn_epsilon
+        self.drop_rates = drop_rates  # {block prefix: stochastic depth rate}
 
     def bn(self, x, name):
         return layers.BatchNormalization(epsilon=self.bn_epsilon, momentum=blocks.BN_MOMENTUM, name=name)(x)
@@ -213,10 +214,16 @@ class _Layers:
         return blocks.activation(x, self.act, name + "_act") if act else x
 
     def end(self, x, inputs, residual, prefix):
-        """[layer scale] -> [+ inputs]."""
+        """[layer scale] -> [+ inputs, the branch dropped per example at the block's
+        stochastic depth rate in training]."""
         if self.layer_scale:
             x = LayerScale(LAYER_SCALE_INIT, name=prefix + "layer_scale")(x)
-        return layers.Add(name=prefix + "add")([inputs, x]) if residual else x
+        if not residual:
+            return x
+        rate = self.drop_rates.get(prefix, 0.0)
+        if rate > 0:
+            return StochasticDepth(rate, name=prefix + "add")([inputs, x])
+        return layers.Add(name=prefix + "add")([inputs, x])
 
     def conv_block(self, x, row, stride, dilation, prefix):
         return self.conv_bn(x, row.filters, row.kernel, stride, prefix + "conv", dilation=dilation)
@@ -278,6 +285,7 @@ def mobilenet_v4(
     return_endpoints=False,
     output_stride=32,
     padding=None,
+    stochastic_depth_rate=0.0,
     name=None,
 ):
     """MobileNetV4 as a functional ``keras.Model``.
@@ -296,6 +304,10 @@ def mobilenet_v4(
         output_stride: 32, or 16 / 8 to dilate the last stages.
         padding: "same" (TF; the default) or "symmetric" (PyTorch / timm: ``k // 2``
             on every side of a stride-2 convolution; the default with timm weights).
+        stochastic_depth_rate: in training, drop each UIB / MQA residual branch per
+            example with probability ``rate * (i + 1) / n`` for row i of n, Model
+            Garden's rule (its configs: 0.075 Conv-M / Hybrid-M, 0.2 Conv-L, 0.35
+            Hybrid-L); 0 (the default) builds plain ``Add`` layers.
 
     Returns:
         ``keras.Model``: (B, H, W, 3) -> (B, classes) with the top (1x1 conv 960
@@ -320,9 +332,14 @@ def mobilenet_v4(
     state = timm_weights.read_safetensors(os.fspath(weights)) if timm_file else None
     weights_lib.check_weights_argument(None if timm_file else weights, registry_name, alpha=1.0,
                                        include_top=include_top, classes=classes, channels=input_shape[2])
+    if isinstance(stochastic_depth_rate, bool) or not isinstance(stochastic_depth_rate, (int, float)) \
+            or not 0 <= stochastic_depth_rate < 1:
+        raise ValueError(f"`stochastic_depth_rate` must be a number in [0, 1); got {stochastic_depth_rate!r}.")
     arch = ARCHITECTURES[variant]
+    drop_rates = {prefix: stochastic_depth_rate * (i + 1) / len(arch.blocks)
+                  for i, prefix in enumerate(_prefixes(arch.blocks))}
     make = _Layers(padding, arch.activation, arch.layer_scale,
-                   timm_weights.TIMM_BN_EPSILON if timm_file else blocks.BN_EPSILON)
+                   timm_weights.TIMM_BN_EPSILON if timm_file else blocks.BN_EPSILON, drop_rates)
     inputs, x = backbone.model_inputs(input_shape, input_tensor, include_preprocessing and not timm_file)
     if include_preprocessing and timm_file:  # [0, 255] -> timm's ImageNet normalisation
         x = layers.Normalization(mean=[255 * m for m in timm_weights.TIMM_MEAN],

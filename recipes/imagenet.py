@@ -46,7 +46,7 @@ class Config(config_lib.RunOptions):
     # What a None field takes, by dataset (the help lists these values).
     PRESETS = {"synthetic": SYNTHETIC_DEFAULTS, "real data": REAL_DEFAULTS}
 
-    model: str = field("v3_small", "model name from mobilenet_tf.list_models() (MobileNets, SqueezeNet, "
+    model: str = field("v3_small", "model name from mobilenet_tf.list_models() (MobileNets V1-V4, SqueezeNet, "
                                    "ShuffleNet V1/V2, Xception)")
     alpha: float = field(1.0, "width multiplier")
     dataset: Optional[str] = field(None, "synthetic | folder | imagenet2012 | imagenette | any TFDS "
@@ -57,7 +57,8 @@ class Config(config_lib.RunOptions):
     train_dir: Optional[str] = field(None, "--dataset folder: training images, one subfolder per class")
     val_dir: Optional[str] = field(None, "--dataset folder: validation images, same class subfolders")
     image_size: Optional[int] = field(None, "input resolution")
-    schedule: str = field("v3", "paper schedule", choices=sorted(schedules.SCHEDULES))
+    schedule: Optional[str] = field(None, "paper schedule", choices=sorted(schedules.SCHEDULES),
+                                    default_text="the model's own (v4_*: Model Garden's config), else v3")
     epochs: Optional[int] = field(None, "epochs", default_text="the schedule's full run")
     global_batch_size: Optional[int] = field(None, "batch over all replicas",
                                                    default_text="the schedule's reference batch")
@@ -68,6 +69,8 @@ class Config(config_lib.RunOptions):
     label_smoothing: Optional[float] = field(None, "label smoothing", default_text="the schedule's")
     weight_decay: Optional[float] = field(None, "L2 on conv/dense kernels", default_text="the schedule's")
     dropout: Optional[float] = field(None, "dropout before the classifier", default_text="the schedule's")
+    stochastic_depth: Optional[float] = field(None, "MobileNetV4: stochastic depth rate of the last block (Model "
+                                                    "Garden's linear rule)", default_text="the schedule's")
     bn_momentum: Optional[float] = field(None, "BatchNormalization moving-average momentum (the synthetic "
                                                "preset's is lower so that short runs evaluate well)",
                                          default_text="the schedule's")
@@ -97,9 +100,9 @@ class ImageNet(recipe.Recipe):
     @classmethod
     def preset(cls, config):
         """The schedule's paper values, overridden by the dataset's preset."""
-        schedule = schedules.get_schedule(config.schedule)
+        schedule = schedules.get_schedule(config.schedule or schedules.default_schedule(config.model))
         defaults = dict(
-            epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
+            schedule=schedule.name, stochastic_depth=schedule.stochastic_depth, epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
             ema=schedule.ema, label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay,
             dropout=schedule.dropout, learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
         )
@@ -116,6 +119,9 @@ class ImageNet(recipe.Recipe):
             raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
         if not 0 <= config.ema < 1:
             raise ValueError(f"`--ema` must be in [0, 1); got {config.ema}.")
+        if config.stochastic_depth and not mobilenet_tf.registry.accepts(config.model, "stochastic_depth_rate"):
+            raise ValueError(f"`--stochastic-depth` applies to MobileNetV4 (v4_*); {config.model!r} has no "
+                             "stochastic depth: leave it out or pass 0.")
         return config
 
     synthetic_split = staticmethod(classification.synthetic_split)
@@ -154,12 +160,13 @@ class ImageNet(recipe.Recipe):
             config.model, input_shape=(config.image_size, config.image_size, 3), classes=self.val_split.num_classes,
             include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights,
             **mobilenet_tf.registry.options_for(config.model, alpha=config.alpha),
+            **({"stochastic_depth_rate": config.stochastic_depth} if config.stochastic_depth else {}),
         )
         schedules.add_weight_decay(model, config.weight_decay)
         schedules.configure_batchnorm(model, momentum=config.bn_momentum)
         peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
         optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=self.steps_per_epoch,
-                                             warmup_epochs=config.warmup_epochs, ema=config.ema)
+                                             warmup_epochs=config.warmup_epochs, ema=config.ema, epochs=config.epochs)
         metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
                    keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
 

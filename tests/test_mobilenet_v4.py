@@ -11,7 +11,7 @@ import mobilenet_tf
 from conftest import randomize_batchnorm, run
 from mobilenet_tf import export, registry
 from mobilenet_tf._keras import keras
-from mobilenet_tf.attention import LayerScale, MultiQueryAttention
+from mobilenet_tf.v4_layers import LayerScale, MultiQueryAttention, StochasticDepth
 from mobilenet_tf.heads import facenet, lraspp, ssdlite
 from mobilenet_tf.mobilenet_v4 import ARCHITECTURES, MQA, mobilenet_v4
 
@@ -91,6 +91,35 @@ def test_multi_query_attention_is_softmax_of_shared_keys():
         weights /= weights.sum(-1, keepdims=True)
         expected = np.einsum("bqk,bkd->bqd", weights, v).reshape(2, 6, 4, value_dim)
         np.testing.assert_allclose(out[..., h * value_dim:(h + 1) * value_dim], expected, atol=1e-5)
+
+
+def test_stochastic_depth_drops_whole_examples_in_training_only():
+    shortcut = np.ones((2000, 2, 2, 3), "float32")
+    branch = np.full((2000, 2, 2, 3), 2.0, "float32")
+    layer = StochasticDepth(0.3)
+    np.testing.assert_array_equal(np.asarray(layer([shortcut, branch])), shortcut + branch)  # inference: Add
+    out = np.asarray(layer([shortcut, branch], training=True))
+    dropped = np.all(out == 1.0, axis=(1, 2, 3))
+    kept = np.all(np.isclose(out, 1.0 + 2.0 / 0.7), axis=(1, 2, 3))
+    assert np.all(dropped | kept) and abs(dropped.mean() - 0.3) < 0.04  # per example, rescaled by 1 / (1 - rate)
+    with pytest.raises(ValueError, match=r"`rate` \(stochastic depth\) must be in \[0, 1\)"):
+        StochasticDepth(1.0)
+
+
+@pytest.mark.slow(seconds=5)
+def test_stochastic_depth_rates_grow_along_the_table_and_inference_is_unchanged(tmp_path):
+    plain = mobilenet_tf.build("v4_hybrid_medium", input_shape=(64, 64, 3), classes=5)
+    model = mobilenet_tf.build("v4_hybrid_medium", input_shape=(64, 64, 3), classes=5, stochastic_depth_rate=0.2)
+    rates = [layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)]
+    residual = sum(type(layer).__name__ == "Add" for layer in plain.layers)
+    assert len(rates) == residual and rates == sorted(rates) and rates[-1] == pytest.approx(0.2)
+    model.set_weights(plain.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(run(model, x), run(plain, x), atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(run(keras.models.load_model(tmp_path / "m.keras"), x), run(plain, x), atol=1e-6)
+    with pytest.raises(ValueError, match=r"`stochastic_depth_rate` must be a number in \[0, 1\); got 1.5"):
+        mobilenet_tf.build("v4_conv_small", stochastic_depth_rate=1.5)
 
 
 def _randomize(model, seed=0):

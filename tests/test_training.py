@@ -41,7 +41,7 @@ def test_warmup_step_decay_and_linear_scaling():
     assert schedules.scaled_lr(schedules.get_schedule("v2"), 96 * 16) == pytest.approx(0.045)
     restored = schedules.WarmupStepDecay.from_config(lr.get_config())
     assert float(restored(45)) == pytest.approx(0.25)
-    with pytest.raises(ValueError, match=r"`schedule` must be one of \['v1', 'v2', 'v3'\]"):
+    with pytest.raises(ValueError, match=r"`schedule` must be one of \['v1', 'v2', 'v3', 'v4_conv_large', .*got 'v4'"):
         schedules.get_schedule("v4")
 
 

@@ -15,6 +15,16 @@ warmup. Readings of the papers, where they are terse:
   0.99 (built into the backbones); epsilon 1e-3 and a 5-epoch warmup as in the
   TPU reference implementation of this recipe family.
 
+MobileNetV4 (``--schedule v4_conv_small`` ... ``v4_hybrid_large``, the default for those
+models): TF Model Garden's experiment configs (``imagenet_mobilenetv4_*_tpu.yaml``):
+AdamW (decoupled weight decay 0.01-0.2, none on BatchNormalization), a linear warmup
+of 1560 steps (5 epochs at batch 4096, 20 at 16384) from 0, then cosine decay to 0;
+label smoothing 0.1, dropout, stochastic depth (Model Garden's Conv-L uses one flat
+rate; here every schedule uses the linear rule) and, for Conv-S only, an L2 of 1e-5
+and weight EMA 0.9999. The AdamW learning rate is not scaled with the batch: Model
+Garden sets it per batch size. Not reproduced yet: RandAugment, mixup / cutmix
+(Conv-L, Hybrid-L), Hybrid-L's cosine floor (alpha 0.001), Conv-S's BN epsilon 1e-6.
+
 Weight decay is an L2 penalty in the loss, as in the papers' TF-slim code:
 ``weight_decay * sum(w^2) / 2`` (slim's ``l2_regularizer``), on conv and dense
 kernels, never on depthwise kernels, BatchNormalization or biases. All three
@@ -43,6 +53,11 @@ class Schedule:
     label_smoothing: float
     epochs: int  # length of a full ImageNet run
     bn_momentum: float = 0.99
+    optimizer: str = "rmsprop"  # "adamw": AdamW with cosine decay after the warmup (no staircase decay)
+    adamw_decay: float = 0.0  # AdamW's decoupled weight decay (not on BatchNormalization)
+    adamw_beta_1: float = 0.9
+    adamw_epsilon: float = 1e-7
+    stochastic_depth: float = 0.0  # MobileNetV4's ``stochastic_depth_rate``
 
 
 SCHEDULES = {
@@ -50,6 +65,26 @@ SCHEDULES = {
     "v2": Schedule("v2", 0.045, 1536, 0.98, 1, 0, 4e-5, 1.0, 0.2, 0.0, 0.1, 300),
     "v3": Schedule("v3", 0.1, 4096, 0.99, 3, 5, 1e-5, 1e-3, 0.2, 0.9999, 0.1, 600),
 }
+
+
+def _v4(name, lr, batch, warmup, l2, dropout, ema, epochs, bn_momentum, decay, stochastic_depth, **adamw):
+    return Schedule(name, lr, batch, 1.0, 1, warmup, l2, 1e-7, dropout, ema, 0.1, epochs, bn_momentum,
+                    optimizer="adamw", adamw_decay=decay, stochastic_depth=stochastic_depth, **adamw)
+
+
+SCHEDULES.update({s.name: s for s in (
+    _v4("v4_conv_small", 0.002, 4096, 5, 1e-5, 0.3, 0.9999, 9600, 0.95, 0.01, 0.0, adamw_beta_1=0.6,
+        adamw_epsilon=1e-6),
+    _v4("v4_conv_medium", 0.004, 4096, 5, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075),
+    _v4("v4_conv_large", 0.004, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.2),
+    _v4("v4_hybrid_medium", 0.016, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075),
+    _v4("v4_hybrid_large", 0.01, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.35),
+)})
+
+
+def default_schedule(model):
+    """The schedule a model trains with unless told: its own (MobileNetV4), else "v3"."""
+    return model if model in SCHEDULES else "v3"
 
 
 def get_schedule(name):
@@ -92,14 +127,25 @@ def warmup_cosine(start_lr, peak_lr, epochs, steps_per_epoch, warmup_epochs):
 
 
 def scaled_lr(schedule, global_batch_size, base_lr=None):
-    """Linear scaling rule: the schedule's lr at its reference batch, scaled to ours."""
-    return (base_lr if base_lr is not None else schedule.base_lr) * global_batch_size / schedule.reference_batch
+    """Linear scaling rule: the schedule's lr at its reference batch, scaled to ours
+    (AdamW schedules: the lr as given, unscaled)."""
+    lr = base_lr if base_lr is not None else schedule.base_lr
+    return lr if schedule.optimizer == "adamw" else lr * global_batch_size / schedule.reference_batch
 
 
-def make_optimizer(schedule, *, peak_lr, steps_per_epoch, warmup_epochs=None, ema=None):
-    """RMSProp with the schedule's decay, warmup and weight EMA."""
+def make_optimizer(schedule, *, peak_lr, steps_per_epoch, warmup_epochs=None, ema=None, epochs=None):
+    """RMSProp with the schedule's decay, warmup and weight EMA; AdamW schedules: AdamW
+    with warmup + cosine decay to 0 at ``epochs`` (default: the schedule's) and
+    decoupled weight decay, BatchNormalization's gamma / beta excluded."""
     warmup = schedule.warmup_epochs if warmup_epochs is None else warmup_epochs
     ema = schedule.ema if ema is None else ema
+    if schedule.optimizer == "adamw":
+        lr = warmup_cosine(0.0, peak_lr, epochs or schedule.epochs, steps_per_epoch, warmup)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=lr, weight_decay=schedule.adamw_decay, beta_1=schedule.adamw_beta_1,
+            epsilon=schedule.adamw_epsilon, use_ema=ema > 0, ema_momentum=ema if ema > 0 else 0.99)
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
+        return optimizer
     lr = WarmupStepDecay(peak_lr, steps_per_epoch, schedule.decay_rate, schedule.decay_epochs, warmup)
     return keras.optimizers.RMSprop(
         learning_rate=lr, rho=0.9, momentum=0.9, epsilon=schedule.rmsprop_epsilon,

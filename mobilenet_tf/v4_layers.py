@@ -1,13 +1,16 @@
-"""MobileNetV4's two custom layers: multi-query attention over feature maps and layer scale.
+"""MobileNetV4's custom layers: multi-query attention over feature maps, layer scale
+and stochastic depth.
 
 Keras' ``MultiHeadAttention`` projects a key and a value per head; Mobile MQA (V4
 paper section 3.3) shares one key and one value across the heads, and runs on
 (B, H, W, C) maps of any size, which ``Reshape`` cannot express (it needs static
 height and width). So the attention itself (the two matmuls and the softmax) is
 one small weightless layer on TensorFlow ops, and every projection around it is a
-stock ``Conv2D`` / ``DepthwiseConv2D``. Both layers work in Keras 3 and tf_keras,
-are registered for serialisation (``load_model`` needs ``import mobilenet_tf``) and
-convert to TFLite BATCH_MATMUL / SOFTMAX / MUL ops.
+stock ``Conv2D`` / ``DepthwiseConv2D``. Keras has no layer for a learned per-channel
+scale or for dropping a residual branch per example either. All three work in Keras 3
+and tf_keras, are registered for serialisation (``load_model`` needs ``import
+mobilenet_tf``) and convert to TFLite BATCH_MATMUL / SOFTMAX / MUL ops (stochastic
+depth is the identity at inference and leaves no op).
 """
 
 import tensorflow as tf
@@ -89,3 +92,32 @@ class LayerScale(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "init_value": self.init_value}
+
+
+@_register
+class StochasticDepth(layers.Layer):
+    """Adds a residual branch, dropped for a whole example with probability ``rate``
+    during training (Huang et al. 2016; Model Garden's MobileNetV4 configs): inputs
+    ``[shortcut, branch]`` -> shortcut + branch * keep / (1 - rate), keep ~ Bernoulli(1 - rate)
+    per example; at inference shortcut + branch, like ``Add``."""
+
+    def __init__(self, rate, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"`rate` (stochastic depth) must be in [0, 1); got {rate!r}.")
+        self.rate = float(rate)
+
+    def call(self, inputs, training=None):
+        shortcut, branch = inputs
+        if training and self.rate > 0:
+            keep = 1.0 - self.rate
+            shape = tf.stack([tf.shape(branch)[0], 1, 1, 1])
+            mask = tf.floor(keep + tf.random.uniform(shape, dtype=branch.dtype))
+            branch = branch * mask / keep
+        return shortcut + branch
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
