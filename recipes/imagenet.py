@@ -37,6 +37,10 @@ from mobilenet_tf.training.config import field  # noqa: E402
 SYNTHETIC_DEFAULTS = dict(image_size=64, epochs=3, global_batch_size=64, warmup_epochs=0.5, ema=0.9,
                           bn_momentum=0.9, crop_area_min=0.25)
 REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
+# AdamW schedules (MobileNetV4) on the synthetic default: their lr is not scaled with the batch, and
+# at batch 64 for 3 epochs 4e-3 learns (v4_conv_small seeds 0 / 1: top-1 0.982 / 0.972; at the
+# config's 2e-3: 0.934 / 0.900).
+SYNTHETIC_ADAMW_LR = 4e-3
 
 
 @dataclasses.dataclass
@@ -107,6 +111,8 @@ class ImageNet(recipe.Recipe):
             dropout=schedule.dropout, learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
         )
         defaults.update(SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS)
+        if config.dataset == "synthetic" and schedule.optimizer == "adamw":
+            defaults["learning_rate"] = SYNTHETIC_ADAMW_LR
         return defaults
 
     @classmethod
