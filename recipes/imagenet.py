@@ -106,9 +106,10 @@ class ImageNet(recipe.Recipe):
         """The schedule's paper values, overridden by the dataset's preset."""
         schedule = schedules.get_schedule(config.schedule or schedules.default_schedule(config.model))
         defaults = dict(
-            schedule=schedule.name, stochastic_depth=schedule.stochastic_depth, epochs=schedule.epochs, global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs,
-            ema=schedule.ema, label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay,
-            dropout=schedule.dropout, learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
+            schedule=schedule.name, stochastic_depth=schedule.stochastic_depth, epochs=schedule.epochs,
+            global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs, ema=schedule.ema,
+            label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay, dropout=schedule.dropout,
+            learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
         )
         defaults.update(SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS)
         if config.dataset == "synthetic" and schedule.optimizer == "adamw":
