@@ -185,7 +185,8 @@ def _block_output_name(row, prefix, in_channels, layer_scale):
 
 
 class _Layers:
-    """The layer factory of one build: padding rule, BN epsilon, activation."""
+    """The layer factory of one build: padding rule, activation, layer scale, BN epsilon
+    and each block's stochastic depth rate; ``block`` builds one table row."""
 
     def __init__(self, padding, activation, layer_scale, bn_epsilon, drop_rates):
         self.padding, self.act, self.layer_scale, self.bn_epsilon = padding, activation, layer_scale, bn_epsilon
