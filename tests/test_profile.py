@@ -27,12 +27,14 @@ def test_madds_reproduce_issue_figures(name, alpha, madds):
 def test_paper_tables(row):
     """V1 Tables 6-7, V2 Table 4, V3 Table 3: MAdds within 2%; params within the
     paper's printed precision (0.1M), counted as the papers do (conv + dense)."""
+    if not (row.check_madds or row.check_params):
+        assert row.note  # an unchecked row says where it is checked (MobileNetV4: test_mobilenet_v4.py)
+        return
     result = zoo.measure(row)
     if row.check_madds:
         assert result.madds / 1e6 == pytest.approx(row.madds_m, rel=0.02)
     if row.check_params:
         assert abs(result.conv_dense_params / 1e6 - row.params_m) <= 0.1
-    assert row.check_madds or row.check_params or row.note  # an unchecked row says where it is checked
 
 
 def test_layer_formulas_by_hand():
