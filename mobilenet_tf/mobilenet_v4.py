@@ -173,11 +173,19 @@ def feature_info(variant):
     return registry.walk_features(rows + [(1, LAST_CONV, "conv_1_act")])
 
 
+def _residual(row, in_channels):
+    """Whether ``row``'s block adds its input: MQA always, FusedIB / UIB when the row
+    keeps the stride and the channels, ConvBN never."""
+    if isinstance(row, MQA):
+        return True
+    return not isinstance(row, ConvBN) and row.stride == 1 and in_channels == row.filters
+
+
 def _block_output_name(row, prefix, in_channels, layer_scale):
     """The name of the layer ``_Layers.block`` ends ``row``'s block with."""
     if isinstance(row, ConvBN):
         return prefix + "conv_act"
-    if isinstance(row, MQA) or (isinstance(row, UIB) and row.stride == 1 and in_channels == row.filters):
+    if _residual(row, in_channels):
         return prefix + "add"
     if isinstance(row, UIB) and layer_scale:
         return prefix + "layer_scale"
@@ -234,7 +242,7 @@ class _Layers:
         x = self.conv_bn(x, blocks.make_divisible(x.shape[-1] * row.expand), row.kernel, stride, prefix + "expand",
                          dilation=dilation)
         x = self.conv_bn(x, row.filters, 1, 1, prefix + "project", act=False)
-        if row.stride == 1 and inputs.shape[-1] == row.filters:
+        if _residual(row, inputs.shape[-1]):
             x = layers.Add(name=prefix + "add")([inputs, x])
         return x
 
@@ -248,7 +256,7 @@ class _Layers:
         if row.middle_dw:
             x = self.conv_bn(x, None, row.middle_dw, stride, prefix + "middle_dw", dilation=dilation, depthwise=True)
         x = self.conv_bn(x, row.filters, 1, 1, prefix + "project", act=False)
-        return self.end(x, inputs, row.stride == 1 and inputs.shape[-1] == row.filters, prefix)
+        return self.end(x, inputs, _residual(row, inputs.shape[-1]), prefix)
 
     def mqa(self, x, row, stride, dilation, prefix):
         inputs = x
@@ -265,7 +273,7 @@ class _Layers:
         y = MultiQueryAttention(row.heads, row.key_dim, name=prefix + "attention")(
             [query, shared("key"), shared("value")])
         y = self.conv(y, inputs.shape[-1], 1, 1, prefix + "output")
-        return self.end(y, inputs, True, prefix)
+        return self.end(y, inputs, _residual(row, inputs.shape[-1]), prefix)
 
     def block(self, x, row, stride, dilation, prefix):
         build = {ConvBN: self.conv_block, FusedIB: self.fused_ib, UIB: self.uib, MQA: self.mqa}[type(row)]
