@@ -1,10 +1,11 @@
 """On-device latency per backbone: Keras vs TFLite fp32 / fp16 / int8 at batch 1, and
 the roofline. Prints the README's deployment table.
 
-    python benchmarks/deploy.py                        # the MobileNets at 224, 2 threads
+    python benchmarks/deploy.py                        # the MobileNets (V1-V4) at 224, 2 threads
     python benchmarks/deploy.py --models v3_small --resolution 160 --repeats 100
 
-Random weights with BatchNormalization statistics taken from synthetic images
+Every model at one resolution (MobileNetV4's own are 224-384: the zoo table), so rows
+compare. Random weights with BatchNormalization statistics taken from synthetic images
 (``benchmark.batchnorm_from_data``: without them activations shrink to ~1e-6 and
 int8 gets scales no trained model has); int8 is calibrated on synthetic images.
 A model's TFLite files are timed in alternating rounds of one run (median; on this
@@ -78,7 +79,8 @@ def measure(name, resolution, threads, repeats, images, tmp):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="v1,v2,v3_large,v3_small")
+    parser.add_argument("--models", default="v1,v2,v3_large,v3_small,v4_conv_small,v4_conv_medium,v4_conv_large,"
+                                            "v4_hybrid_medium,v4_hybrid_large")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=100)

@@ -130,6 +130,14 @@ def hard_swish(x, name):
     return layers.Multiply(name=name)([scaled, gate])
 
 
+def squeeze_pooled(x, name="flatten"):
+    """(B, 1, 1, C) -> (B, C), the classifier's last step, as a mean over the single
+    position: TFLite converts it to a MEAN that XNNPACK runs, while ``Flatten`` /
+    ``Reshape`` read the batch size at run time (SHAPE, STRIDED_SLICE, PACK ops, which
+    XNNPACK leaves to TFLite's kernels: a second partition)."""
+    return layers.GlobalAveragePooling2D(name=name)(x)
+
+
 def activation(x, kind, name):
     """Apply ``kind`` (one of ``ACTIVATIONS``, or None for none) as a layer called ``name``."""
     if kind is None:

@@ -123,7 +123,7 @@ def mobilenet_v1(
         y = layers.GlobalAveragePooling2D(keepdims=True, name="global_average_pooling")(features)
         y = layers.Dropout(dropout_rate, name="dropout")(y)
         y = layers.Conv2D(classes, 1, padding="same", name="conv_preds")(y)
-        y = layers.Reshape((classes,), name="reshape_2")(y)
+        y = blocks.squeeze_pooled(y, name="reshape_2")
         return layers.Activation(classifier_activation, name="predictions", dtype="float32")(y)
 
     model = backbone.assemble(

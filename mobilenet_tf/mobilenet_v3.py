@@ -158,7 +158,7 @@ def build_v3(
         if dropout_rate > 0:
             y = layers.Dropout(dropout_rate, name="dropout")(y)
         y = layers.Conv2D(classes, 1, padding="same", name="logits")(y)
-        y = layers.Flatten(name="flatten")(y)
+        y = blocks.squeeze_pooled(y)
         return layers.Activation(classifier_activation, name="predictions", dtype="float32")(y)
 
     model = backbone.assemble(

@@ -295,6 +295,7 @@ def mobilenet_v4(
     output_stride=32,
     padding=None,
     stochastic_depth_rate=0.0,
+    flat_stochastic_depth=False,
     name=None,
 ):
     """MobileNetV4 as a functional ``keras.Model``.
@@ -314,9 +315,11 @@ def mobilenet_v4(
         padding: "same" (TF; the default) or "symmetric" (PyTorch / timm: ``k // 2``
             on every side of a stride-2 convolution; the default with timm weights).
         stochastic_depth_rate: in training, drop each UIB / MQA residual branch per
-            example with probability ``rate * (i + 1) / n`` for row i of n, Model
-            Garden's rule (its configs: 0.075 Conv-M / Hybrid-M, 0.2 Conv-L, 0.35
-            Hybrid-L); 0 (the default) builds plain ``Add`` layers.
+            example with probability ``rate * (i + 1) / n`` for row i of n, and
+            ``rate`` for MQA rows, Model Garden's rule (its configs: 0.075 Conv-M /
+            Hybrid-M, 0.2 Conv-L, 0.35 Hybrid-L); 0 (the default) builds plain
+            ``Add`` layers.
+        flat_stochastic_depth: every branch gets ``rate`` (Model Garden's Conv-L).
 
     Returns:
         ``keras.Model``: (B, H, W, 3) -> (B, classes) with the top (1x1 conv 960
@@ -345,8 +348,9 @@ def mobilenet_v4(
             or not 0 <= stochastic_depth_rate < 1:
         raise ValueError(f"`stochastic_depth_rate` must be a number in [0, 1); got {stochastic_depth_rate!r}.")
     arch = ARCHITECTURES[variant]
-    drop_rates = {prefix: stochastic_depth_rate * (i + 1) / len(arch.blocks)
-                  for i, prefix in enumerate(_prefixes(arch.blocks))}
+    drop_rates = {prefix: stochastic_depth_rate if flat_stochastic_depth or isinstance(row, MQA)
+                  else stochastic_depth_rate * (i + 1) / len(arch.blocks)
+                  for i, (row, prefix) in enumerate(zip(arch.blocks, _prefixes(arch.blocks)))}
     make = _Layers(padding, arch.activation, arch.layer_scale,
                    timm_weights.TIMM_BN_EPSILON if timm_file else blocks.BN_EPSILON, drop_rates)
     inputs, x = backbone.model_inputs(input_shape, input_tensor, include_preprocessing and not timm_file)
@@ -365,7 +369,7 @@ def mobilenet_v4(
     def classifier(features):
         y = layers.GlobalAveragePooling2D(keepdims=True, name="global_average_pooling")(features)
         y = make.conv_bn(y, LAST_POINT, 1, 1, "conv_2")
-        y = layers.Reshape((LAST_POINT,), name="flatten")(y)  # a constant-shape RESHAPE in TFLite (Flatten's is not)
+        y = blocks.squeeze_pooled(y)
         if dropout_rate > 0:
             y = layers.Dropout(dropout_rate, name="dropout")(y)
         return layers.Dense(classes, activation=classifier_activation, name="predictions", dtype="float32")(y)

@@ -27,9 +27,9 @@ def add_weight_decay(model, weight_decay):
     return count
 
 
-def configure_batchnorm(model, momentum=None, synchronized=None):
-    """Set the momentum and/or cross-replica synchronisation of every
-    BatchNormalization in ``model`` (before training; both are read at call time).
+def configure_batchnorm(model, momentum=None, synchronized=None, epsilon=None):
+    """Set the momentum, cross-replica synchronisation and/or epsilon of every
+    BatchNormalization in ``model`` (before training; all are read at call time).
 
     The backbones use the V3 paper's momentum 0.99; a short run (a few hundred
     steps) evaluates badly with it, since the moving statistics still remember
@@ -46,6 +46,8 @@ def configure_batchnorm(model, momentum=None, synchronized=None):
                 layer.momentum = momentum
             if synchronized is not None:
                 layer.synchronized = synchronized
+            if epsilon is not None:
+                layer.epsilon = epsilon
             count += 1
     return count
 

@@ -29,13 +29,14 @@ import tensorflow as tf  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import evaluation  # noqa: E402
 from mobilenet_tf._keras import keras  # noqa: E402
-from mobilenet_tf.data import classification  # noqa: E402
+from mobilenet_tf.data import augment, classification  # noqa: E402
 from mobilenet_tf.training import config as config_lib, recipe, schedules  # noqa: E402
 from mobilenet_tf.training.config import field  # noqa: E402
 
 # What the synthetic default changes so that it learns on a CPU in minutes.
+# No RandAugment / mixup on it: 3 epochs of the synthetic shapes need no regularisation.
 SYNTHETIC_DEFAULTS = dict(image_size=64, epochs=3, global_batch_size=64, warmup_epochs=0.5, ema=0.9,
-                          bn_momentum=0.9, crop_area_min=0.25)
+                          bn_momentum=0.9, crop_area_min=0.25, randaugment=0.0, mix_prob=0.0)
 REAL_DEFAULTS = dict(image_size=224, crop_area_min=0.08)
 # AdamW schedules (MobileNetV4) on the synthetic default: their lr is not scaled with the batch, and
 # at batch 64 for 3 epochs 4e-3 learns (v4_conv_small seeds 0 / 1: top-1 0.982 / 0.972; at the
@@ -75,6 +76,10 @@ class Config(config_lib.RunOptions):
     dropout: Optional[float] = field(None, "dropout before the classifier", default_text="the schedule's")
     stochastic_depth: Optional[float] = field(None, "MobileNetV4: stochastic depth rate of the last block (Model "
                                                     "Garden's linear rule)", default_text="the schedule's")
+    randaugment: Optional[float] = field(None, "RandAugment magnitude (Model Garden's policy and 0-10 scale: "
+                                               "two ops per image); 0 = off", default_text="the schedule's")
+    mix_prob: Optional[float] = field(None, "probability that a training batch gets mixup or cutmix (Model "
+                                            "Garden's per-batch switch); 0 = off", default_text="the schedule's")
     bn_momentum: Optional[float] = field(None, "BatchNormalization moving-average momentum (the synthetic "
                                                "preset's is lower so that short runs evaluate well)",
                                          default_text="the schedule's")
@@ -109,7 +114,8 @@ class ImageNet(recipe.Recipe):
             schedule=schedule.name, stochastic_depth=schedule.stochastic_depth, epochs=schedule.epochs,
             global_batch_size=schedule.reference_batch, warmup_epochs=schedule.warmup_epochs, ema=schedule.ema,
             label_smoothing=schedule.label_smoothing, weight_decay=schedule.weight_decay, dropout=schedule.dropout,
-            learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum,
+            learning_rate=schedule.base_lr, bn_momentum=schedule.bn_momentum, randaugment=schedule.randaugment,
+            mix_prob=schedule.mix_prob,
         )
         defaults.update(SYNTHETIC_DEFAULTS if config.dataset == "synthetic" else REAL_DEFAULTS)
         if config.dataset == "synthetic" and schedule.optimizer == "adamw":
@@ -126,6 +132,10 @@ class ImageNet(recipe.Recipe):
             raise ValueError("`--dataset folder` needs --train-dir (and --val-dir) with one subfolder per class.")
         if not 0 <= config.ema < 1:
             raise ValueError(f"`--ema` must be in [0, 1); got {config.ema}.")
+        if config.randaugment < 0:
+            raise ValueError(f"`--randaugment` must be >= 0 (0 = off); got {config.randaugment}.")
+        if not 0 <= config.mix_prob <= 1:
+            raise ValueError(f"`--mix-prob` must be in [0, 1] (0 = off); got {config.mix_prob}.")
         if config.stochastic_depth and not mobilenet_tf.registry.accepts(config.model, "stochastic_depth_rate"):
             raise ValueError(f"`--stochastic-depth` applies to MobileNetV4 (v4_*); {config.model!r} has no "
                              "stochastic depth: leave it out or pass 0.")
@@ -148,12 +158,20 @@ class ImageNet(recipe.Recipe):
         return train, val
 
     def pipeline(self, split, training, batch_size=None):
-        """``split`` as (images, one-hot labels) batches (global batch by default)."""
+        """``split`` as (images, one-hot labels) batches (global batch by default); in
+        training with the schedule's RandAugment and mixup / cutmix (soft labels)."""
         config, num_classes = self.config, self.val_split.num_classes
-        return classification.make_pipeline(
+        schedule = schedules.get_schedule(config.schedule)
+        randaugment = augment.RandAugment(config.randaugment, prob_to_apply=schedule.randaugment_prob,
+                                          translate_const=schedule.randaugment_translate, seed=config.seed + 3) \
+            if training and config.randaugment > 0 else None
+        ds = classification.make_pipeline(
             split, training=training, batch_size=batch_size or config.global_batch_size,
             image_size=config.image_size, area_range=(config.crop_area_min, 1.0), deterministic=config.deterministic,
-            seed=config.seed).map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+            seed=config.seed, augment=randaugment).map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+        if training and config.mix_prob > 0:
+            ds = ds.map(augment.MixupCutmix(prob=config.mix_prob, seed=config.seed + 4))
+        return ds
 
     def prepare(self):
         self.eval_ds = self.pipeline(self.val_split, training=False)
@@ -167,10 +185,11 @@ class ImageNet(recipe.Recipe):
             config.model, input_shape=(config.image_size, config.image_size, 3), classes=self.val_split.num_classes,
             include_preprocessing=True, dropout_rate=config.dropout, weights=config.weights,
             **mobilenet_tf.registry.options_for(config.model, alpha=config.alpha),
-            **({"stochastic_depth_rate": config.stochastic_depth} if config.stochastic_depth else {}),
+            **({"stochastic_depth_rate": config.stochastic_depth,
+                "flat_stochastic_depth": schedule.flat_stochastic_depth} if config.stochastic_depth else {}),
         )
         schedules.add_weight_decay(model, config.weight_decay)
-        schedules.configure_batchnorm(model, momentum=config.bn_momentum)
+        schedules.configure_batchnorm(model, momentum=config.bn_momentum, epsilon=schedule.bn_epsilon)
         peak_lr = schedules.scaled_lr(schedule, config.global_batch_size, config.learning_rate)
         optimizer = schedules.make_optimizer(schedule, peak_lr=peak_lr, steps_per_epoch=self.steps_per_epoch,
                                              warmup_epochs=config.warmup_epochs, ema=config.ema, epochs=config.epochs)

@@ -113,6 +113,14 @@ def test_v4_schedules_are_model_gardens_adamw_with_cosine_decay():
     lr = schedules.warmup_cosine(0.0, 0.01, 10, 10, 2)  # what it follows: 2 warmup epochs, then cosine to 0
     assert float(lr(20)) == pytest.approx(0.01) and float(lr(100)) == pytest.approx(0.0, abs=1e-9)
     assert float(lr(60)) == pytest.approx(0.005, rel=1e-3)  # halfway through the cosine
+    # Hybrid-L's cosine ends at 0.1% of the peak; its augmentation is RandAugment 15 and mixup / cutmix on
+    # 30% of the batches; Conv-L's stochastic depth is flat; Conv-S's BN epsilon 1e-6.
+    optimizer = schedules.make_optimizer(schedule, peak_lr=0.01, steps_per_epoch=10, warmup_epochs=2, epochs=10)
+    optimizer.iterations.assign(100)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-5)
+    assert (schedule.randaugment, schedule.randaugment_prob, schedule.mix_prob) == (15, None, 0.3)
+    assert schedules.get_schedule("v4_conv_large").flat_stochastic_depth
+    assert schedules.get_schedule("v4_conv_small").bn_epsilon == 1e-6
 
 
 @pytest.mark.slow(seconds=35)
@@ -164,6 +172,8 @@ def _free_ports(n):
     (["--dataset", "not_a_dataset"], "unknown dataset 'not_a_dataset'"),
     (["--schedule", "v9"], "invalid choice: 'v9'"),
     (["--stochastic-depth", "0.1"], "`--stochastic-depth` applies to MobileNetV4 (v4_*); 'v3_small'"),
+    (["--randaugment", "-1"], "`--randaugment` must be >= 0 (0 = off)"),
+    (["--mix-prob", "1.5"], "`--mix-prob` must be in [0, 1] (0 = off)"),
     (["--model", "v5"], "unknown model name 'v5'"),
     (["--model", "xception", "--alpha", "0.5"], "`--alpha` applies to the MobileNets"),
     (["--dataset", "imagenet2012"], "ILSVRC2012_img_train.tar"),
@@ -190,11 +200,14 @@ def test_the_script_exits_2_on_bad_input_in_its_own_process(tmp_path):
 @pytest.mark.slow(seconds=36)
 def test_deterministic_runs_repeat_exactly(tmp_path):
     """What the learning tests rely on: with --deterministic two runs of one commit give
-    the same weights and metrics, so their bars are checked against a fixed value."""
-    args = [*TINY, "--epochs", "1", "--deterministic"]
+    the same weights and metrics, so their bars are checked against a fixed value; with
+    the random augmentations of the MobileNetV4 schedules (RandAugment, mixup / cutmix) too."""
+    args = [*TINY, "--epochs", "1", "--deterministic", "--randaugment", "15", "--mix-prob", "0.5"]
     procs = [recipe(*args, "--output-dir", str(tmp_path / name), wait=False) for name in ("a", "b")]
     outputs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["randaugment"], config["mix_prob"]) == (15, 0.5)
     a, b = h5_arrays(tmp_path / "a" / "last.weights.h5"), h5_arrays(tmp_path / "b" / "last.weights.h5")
     assert len(a) == len(b) > 100 and all(np.array_equal(x, y) for x, y in zip(a, b))
     metrics = [read_metrics(tmp_path / name) for name in ("a", "b")]

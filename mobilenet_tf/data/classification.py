@@ -6,8 +6,8 @@ recipes build their models with ``include_preprocessing=True`` so the model
 rescales to [-1, 1] itself (keras.applications' V3 contract, which makes
 transferred ImageNet weights see exactly what they were trained on).
 
-Training: Inception-style random-resized crop (area 8-100%, aspect 3/4-4/3) and
-horizontal flip. Evaluation: central crop of 87.5% (224 of 256) resized to S.
+Training: Inception-style random-resized crop (area 8-100%, aspect 3/4-4/3),
+horizontal flip and optionally RandAugment (``augment``). Evaluation: central crop of 87.5% (224 of 256) resized to S.
 """
 
 import dataclasses
@@ -125,11 +125,13 @@ def center_crop(image, size, fraction=0.875):
 
 
 def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 1.0),
-                  shuffle_buffer=10_000, repeat=None, deterministic=False, seed=0, cache=False):
+                  shuffle_buffer=10_000, repeat=None, deterministic=False, seed=0, cache=False, augment=None):
     """Batched ``(float32 [0, 255] (B, S, S, 3), int32 (B,))`` ready for ``model.fit``.
 
     Training data is shuffled, augmented and repeated; evaluation data is not.
-    ``deterministic`` fixes the order and augmentation for a given ``seed``.
+    ``augment``: a further training augmentation of one (S, S, 3) image after the
+    crop and flip (e.g. ``augment.RandAugment``). ``deterministic`` fixes the order
+    and augmentation for a given ``seed``.
     """
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
@@ -138,6 +140,8 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
             # augmentation reproducible; TensorFlow requires them under op determinism.
             image = random_resized_crop(image, image_size, area_range, seed=seed + 1)
             image = tf.image.random_flip_left_right(image, seed=seed + 2)
+            if augment is not None:
+                image = augment(image)
         else:
             image = center_crop(image, image_size)
         return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)

@@ -19,11 +19,13 @@ MobileNetV4 (``--schedule v4_conv_small`` ... ``v4_hybrid_large``, the default f
 models): TF Model Garden's experiment configs (``imagenet_mobilenetv4_*_tpu.yaml``):
 AdamW (decoupled weight decay 0.01-0.2, none on BatchNormalization), a linear warmup
 of 1560 steps (5 epochs at batch 4096, 20 at 16384) from 0, then cosine decay to 0;
-label smoothing 0.1, dropout, stochastic depth (Model Garden's Conv-L uses one flat
-rate; here every schedule uses the linear rule) and, for Conv-S only, an L2 of 1e-5
-and weight EMA 0.9999. The AdamW learning rate is not scaled with the batch: Model
-Garden sets it per batch size. Not reproduced yet: RandAugment, mixup / cutmix
-(Conv-L, Hybrid-L), Hybrid-L's cosine floor (alpha 0.001), Conv-S's BN epsilon 1e-6.
+(Hybrid-L: to 0.1% of the peak); label smoothing 0.1, dropout, stochastic depth
+(Conv-L: one flat rate for every block, the others Model Garden's linear rule),
+RandAugment (magnitude 9 or 15, each op kept with probability 0.5 / 0.7 / 1; ``data.augment``),
+mixup / cutmix for Conv-L and Hybrid-L (a batch mixed with probability 0.2 / 0.3), and
+for Conv-S only an L2 of 1e-5, weight EMA 0.9999, AdamW beta_1 0.6 / epsilon 1e-6 and
+BatchNormalization epsilon 1e-6. The AdamW learning rate is not scaled with the batch:
+Model Garden sets it per batch size.
 
 Weight decay is an L2 penalty in the loss, as in the papers' TF-slim code:
 ``weight_decay * sum(w^2) / 2`` (slim's ``l2_regularizer``), on conv and dense
@@ -33,6 +35,7 @@ use label smoothing 0.1 (Inception-V3's, kept by the TPU recipes).
 
 import dataclasses
 import math
+from typing import Optional
 
 from mobilenet_tf._keras import keras
 from mobilenet_tf.walkers import add_weight_decay, configure_batchnorm, flat_layers  # noqa: F401 (re-exported)
@@ -58,6 +61,13 @@ class Schedule:
     adamw_beta_1: float = 0.9
     adamw_epsilon: float = 1e-7
     stochastic_depth: float = 0.0  # MobileNetV4's ``stochastic_depth_rate``
+    flat_stochastic_depth: bool = False  # the same rate for every block (else the linear rule)
+    cosine_floor: float = 0.0  # AdamW: the cosine ends at this fraction of the peak lr
+    bn_epsilon: Optional[float] = None  # BatchNormalization epsilon (None: the backbone's)
+    randaugment: float = 0.0  # RandAugment magnitude on Model Garden's 0-10 scale; 0: off
+    randaugment_prob: Optional[float] = None  # each RandAugment op kept with this probability
+    randaugment_translate: int = 10  # RandAugment translation in pixels at magnitude 10
+    mix_prob: float = 0.0  # probability that a batch gets mixup or cutmix; 0: off
 
 
 SCHEDULES = {
@@ -67,18 +77,23 @@ SCHEDULES = {
 }
 
 
-def _v4(name, lr, batch, warmup, l2, dropout, ema, epochs, bn_momentum, decay, stochastic_depth, **adamw):
+def _v4(name, lr, batch, warmup, l2, dropout, ema, epochs, bn_momentum, decay, stochastic_depth, randaugment,
+        randaugment_prob, **options):
     return Schedule(name, lr, batch, 1.0, 1, warmup, l2, 1e-7, dropout, ema, 0.1, epochs, bn_momentum,
-                    optimizer="adamw", adamw_decay=decay, stochastic_depth=stochastic_depth, **adamw)
+                    optimizer="adamw", adamw_decay=decay, stochastic_depth=stochastic_depth,
+                    randaugment=randaugment, randaugment_prob=randaugment_prob, **options)
 
 
+# Model Garden's official/vision/configs/experiments/image_classification/imagenet_mobilenetv4_*_tpu.yaml
 SCHEDULES.update({s.name: s for s in (
-    _v4("v4_conv_small", 0.002, 4096, 5, 1e-5, 0.3, 0.9999, 9600, 0.95, 0.01, 0.0, adamw_beta_1=0.6,
-        adamw_epsilon=1e-6),
-    _v4("v4_conv_medium", 0.004, 4096, 5, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075),
-    _v4("v4_conv_large", 0.004, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.2),
-    _v4("v4_hybrid_medium", 0.016, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075),
-    _v4("v4_hybrid_large", 0.01, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.35),
+    _v4("v4_conv_small", 0.002, 4096, 5, 1e-5, 0.3, 0.9999, 9600, 0.95, 0.01, 0.0, 9, 0.5, adamw_beta_1=0.6,
+        adamw_epsilon=1e-6, bn_epsilon=1e-6, randaugment_translate=20),
+    _v4("v4_conv_medium", 0.004, 4096, 5, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075, 15, 0.7),
+    _v4("v4_conv_large", 0.004, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.2, 15, None,
+        flat_stochastic_depth=True, mix_prob=0.2),
+    _v4("v4_hybrid_medium", 0.016, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.1, 0.075, 15, 0.7),
+    _v4("v4_hybrid_large", 0.01, 16384, 20, 0.0, 0.2, 0.0, 500, 0.997, 0.2, 0.35, 15, None,
+        mix_prob=0.3, cosine_floor=0.001),
 )})
 
 
@@ -117,12 +132,12 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                     decay_epochs=self.decay_epochs, warmup_epochs=self.warmup_epochs)
 
 
-def warmup_cosine(start_lr, peak_lr, epochs, steps_per_epoch, warmup_epochs):
+def warmup_cosine(start_lr, peak_lr, epochs, steps_per_epoch, warmup_epochs, floor=0.0):
     """Linear warmup from ``start_lr`` to ``peak_lr`` over ``warmup_epochs`` (at most all
-    but the last step), then cosine decay to 0 at ``epochs * steps_per_epoch``."""
+    but the last step), then cosine decay to ``floor * peak_lr`` at ``epochs * steps_per_epoch``."""
     total = epochs * steps_per_epoch
     warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
-    return keras.optimizers.schedules.CosineDecay(start_lr, decay_steps=max(total - warmup, 1), alpha=0.0,
+    return keras.optimizers.schedules.CosineDecay(start_lr, decay_steps=max(total - warmup, 1), alpha=floor,
                                                   warmup_target=peak_lr, warmup_steps=warmup)
 
 
@@ -135,12 +150,12 @@ def scaled_lr(schedule, global_batch_size, base_lr=None):
 
 def make_optimizer(schedule, *, peak_lr, steps_per_epoch, warmup_epochs=None, ema=None, epochs=None):
     """RMSProp with the schedule's decay, warmup and weight EMA; AdamW schedules: AdamW
-    with warmup + cosine decay to 0 at ``epochs`` (default: the schedule's) and
-    decoupled weight decay, BatchNormalization's gamma / beta excluded."""
+    with warmup + cosine decay to the schedule's floor at ``epochs`` (default: the
+    schedule's) and decoupled weight decay, BatchNormalization's gamma / beta excluded."""
     warmup = schedule.warmup_epochs if warmup_epochs is None else warmup_epochs
     ema = schedule.ema if ema is None else ema
     if schedule.optimizer == "adamw":
-        lr = warmup_cosine(0.0, peak_lr, epochs or schedule.epochs, steps_per_epoch, warmup)
+        lr = warmup_cosine(0.0, peak_lr, epochs or schedule.epochs, steps_per_epoch, warmup, schedule.cosine_floor)
         optimizer = keras.optimizers.AdamW(
             learning_rate=lr, weight_decay=schedule.adamw_decay, beta_1=schedule.adamw_beta_1,
             epsilon=schedule.adamw_epsilon, use_ema=ema > 0, ema_momentum=ema if ema > 0 else 0.99)
