@@ -91,7 +91,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
 # partitions; a classifier's final softmax: 2, the DEQUANTIZE after it is a partition of
 # its own). In float they stay on XNNPACK, which runs the DEQUANTIZE / QUANTIZE around them
 # too (1 partition).
-FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX")
+FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU")
 
 
 def _int8_keeping_float(converter):

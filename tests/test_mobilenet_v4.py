@@ -9,7 +9,7 @@ import pytest
 
 import mobilenet_tf
 from conftest import randomize_batchnorm, run
-from mobilenet_tf import export, registry
+from mobilenet_tf import benchmark, export, registry
 from mobilenet_tf._keras import keras
 from mobilenet_tf.v4_layers import LayerScale, MultiQueryAttention, StochasticDepth
 from mobilenet_tf.heads import facenet, lraspp, ssdlite
@@ -156,6 +156,28 @@ def test_saves_loads_and_converts_to_tflite(variant, tmp_path, images):
     counts = tflite.op_counts()
     assert counts["DELEGATE"] == 1 and "SHAPE" not in counts, counts
     assert counts.get("BATCH_MATMUL", 0) == 2 * sum(isinstance(r, MQA) for r in ARCHITECTURES[variant].blocks)
+
+
+@pytest.mark.slow(seconds=20)
+def test_int8_hybrid_stays_in_one_xnnpack_partition(tmp_path, images):
+    """XNNPACK has no int8 kernel for attention's BATCH_MATMUL / SOFTMAX or for GELU: the
+    int8 file keeps them in float (each would split the graph: Hybrid-L at 224 had 51
+    partitions). As in benchmarks/deploy.py: BN statistics from data, layer scales at
+    their init (random layer scales near 1 leave int8 ADDs with scale ratios XNNPACK
+    refuses, which no trained model has)."""
+    model = mobilenet_tf.build("v4_hybrid_large", input_shape=(64, 64, 3), classes=10)
+    x = images(n=8, size=64, low=0, high=255)
+    benchmark.batchnorm_from_data(model, x)
+    tflite = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "int8.tflite"), "int8", x[:, None]))
+    counts = tflite.op_counts()
+    assert counts["DELEGATE"] == 1 and counts["BATCH_MATMUL"] == 2 * 8 and counts["GELU"] > 40, counts
+    float_ops = {op["op_name"] for op in tflite.interpreter._get_ops_details()
+                 if op["op_name"] in export.FLOAT_IN_INT8
+                 and tflite.interpreter.get_tensor_details()[op["outputs"][0]]["dtype"] is np.float32}
+    assert float_ops == {"BATCH_MATMUL", "SOFTMAX", "GELU"}, float_ops
+    assert sum(d["dtype"] is np.int8 for d in tflite.interpreter.get_tensor_details()) > 300
+    probabilities = tflite(x)
+    assert probabilities.shape == (8, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)  # a float softmax
 
 
 @pytest.mark.slow(seconds=6)
