@@ -41,44 +41,50 @@ def render_scene(image_size, num_classes, seed, max_objects=MAX_OBJECTS, radius_
     hsv = tf.stack([uniform(3), uniform(4, (), 0.0, 0.3), uniform(5, (), 0.25, 0.85)])
     image = tf.image.hsv_to_rgb(hsv) * (1.0 + 0.25 * wave[..., None])
     label = tf.zeros((image_size, image_size), tf.int32)
-    instance = tf.fill((image_size, image_size), -1)
 
     num_objects = tf.random.stateless_uniform((), seeds[6], 1, max_objects + 1, dtype=tf.int32)
     classes = tf.random.stateless_uniform((max_objects,), seeds[7], 1, num_classes, dtype=tf.int32)
     centres = uniform(8, (max_objects, 2), 0.1, 0.9)
     radii = uniform(9, (max_objects,), *radius_range)
     looks = uniform(10, (max_objects, 5))  # hue jitter, saturation, value, stripe frequency, stripe phase
-    for i in range(max_objects):
-        k = classes[i]
-        du, dv, r = u - centres[i, 0], v - centres[i, 1], radii[i]
-        shape = (k - 1) % len(SHAPES)
-        inside = tf.switch_case(shape, [
-            lambda: du ** 2 + dv ** 2 <= r ** 2,
-            lambda: tf.maximum(tf.abs(du), tf.abs(dv)) <= r * 0.85,
-            lambda: (dv <= r * 0.7) & (dv >= 2.0 * tf.abs(du) - r),
-        ]) & (i < num_objects)
-        hue = (tf.cast(k - 1, tf.float32) + 0.5 + 0.5 * (looks[i, 0] - 0.5)) / float(num_classes - 1)
-        colour = tf.image.hsv_to_rgb(tf.stack([hue, 0.6 + 0.4 * looks[i, 1], 0.6 + 0.4 * looks[i, 2]]))
-        stripes = 1.0 + 0.15 * tf.sin(2 * math.pi * (3.0 + 5.0 * looks[i, 3]) * (u + v) + 6.0 * looks[i, 4])
-        image = tf.where(inside[..., None], colour * stripes[..., None], image)
-        label = tf.where(inside, k, label)
-        instance = tf.where(inside, i, instance)
+
+    # Every object slot at once, (N, S, S): its shape's mask, its striped colour.
+    du, dv = u[None] - centres[:, 0, None, None], v[None] - centres[:, 1, None, None]
+    r = radii[:, None, None]
+    shape = ((classes - 1) % len(SHAPES))[:, None, None]
+    inside = tf.where(shape == 0, du ** 2 + dv ** 2 <= r ** 2,
+                      tf.where(shape == 1, tf.maximum(tf.abs(du), tf.abs(dv)) <= r * 0.85,
+                               (dv <= r * 0.7) & (dv >= 2.0 * tf.abs(du) - r)))
+    inside &= (tf.range(max_objects) < num_objects)[:, None, None]
+    hue = (tf.cast(classes - 1, tf.float32) + 0.5 + 0.5 * (looks[:, 0] - 0.5)) / float(num_classes - 1)
+    colours = tf.image.hsv_to_rgb(tf.stack([hue, 0.6 + 0.4 * looks[:, 1], 0.6 + 0.4 * looks[:, 2]], axis=-1))
+    stripes = 1.0 + 0.15 * tf.sin(2 * math.pi * (3.0 + 5.0 * looks[:, 3, None, None]) * (u + v)[None]
+                                  + 6.0 * looks[:, 4, None, None])
+    # Later objects occlude earlier ones: each pixel shows the last slot that covers it.
+    covered = tf.reduce_any(inside, axis=0)
+    instance = max_objects - 1 - tf.argmax(tf.cast(tf.reverse(inside, [0]), tf.int32), axis=0, output_type=tf.int32)
+    paint = tf.transpose(colours[:, None, None, :] * stripes[..., None], [1, 2, 0, 3])  # (S, S, N, 3)
+    image = tf.where(covered[..., None], tf.gather(paint, instance, batch_dims=2), image)
+    label = tf.where(covered, tf.gather(classes, instance), label)
+    instance = tf.where(covered, instance, -1)
     image += tf.random.stateless_normal(tf.shape(image), seeds[11], stddev=0.04)
     image = tf.cast(tf.clip_by_value(image, 0.0, 1.0) * 255.0 + 0.5, tf.uint8)
-    boxes, valid = [], []
-    for i in range(max_objects):
-        visible = instance == i
-        rows = tf.where(tf.reduce_any(visible, axis=1))[:, 0]
-        cols = tf.where(tf.reduce_any(visible, axis=0))[:, 0]
-        present = tf.size(rows) > 0
-        box = tf.cond(present, lambda: tf.cast(tf.stack([tf.reduce_min(rows), tf.reduce_min(cols),
-                                                         tf.reduce_max(rows) + 1, tf.reduce_max(cols) + 1]),
-                                               tf.float32) / image_size,
-                      lambda: tf.zeros(4))
-        boxes.append(box)
-        valid.append(present)
-    return {"image": image, "label": tf.cast(label[..., None], tf.uint8), "boxes": tf.stack(boxes),
-            "classes": classes, "valid": tf.stack(valid)}
+
+    # Boxes around each slot's visible pixels: first and last covered row / column.
+    visible = tf.equal(instance[None], tf.range(max_objects)[:, None, None])
+    rows, cols = tf.reduce_any(visible, axis=2), tf.reduce_any(visible, axis=1)  # (N, S) each
+
+    def first(hits):
+        return tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
+
+    def end(hits):
+        return image_size - first(tf.reverse(hits, [1]))
+
+    valid = tf.reduce_any(rows, axis=1)
+    boxes = tf.cast(tf.stack([first(rows), first(cols), end(rows), end(cols)], axis=1), tf.float32) / image_size
+    boxes = tf.where(valid[:, None], boxes, 0.0)
+    return {"image": image, "label": tf.cast(label[..., None], tf.uint8), "boxes": boxes,
+            "classes": classes, "valid": valid}
 
 
 def synthetic_segmentation(num_examples, image_size=128, num_classes=5, seed=0):
