@@ -82,7 +82,7 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
             converter.target_spec.supported_types = [tf.float16]
         if quantization == "int8":
             converter.representative_dataset = calibration_generator(representative_data, calibration_steps)
-            return write_file(path, _int8_keeping_float(converter))
+            return write_file(path, int8_keeping_float(converter))
         return write_file(path, converter.convert())
 
 
@@ -94,10 +94,13 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
 FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU")
 
 
-def _int8_keeping_float(converter):
-    """The full-integer conversion with ``FLOAT_IN_INT8`` ops kept in float (TFLite's
-    selective quantization: ``QuantizationDebugger`` with a deny list)."""
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_IN_INT8))
+def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes=()):
+    """The int8 flatbuffer of ``converter`` (optimizations and representative dataset
+    set) with the ops of the types ``denylisted_ops`` and the ops writing the tensors
+    named ``denylisted_nodes`` kept in float: TFLite's selective quantization (its
+    public form, ``QuantizationDebugger`` with a deny list)."""
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(denylisted_ops),
+                                                            denylisted_nodes=list(denylisted_nodes))
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
     return debugger.get_nondebug_quantized_model()

@@ -75,7 +75,9 @@ class Config(config_lib.RunOptions):
     weight_decay: Optional[float] = field(None, "L2 on conv/dense kernels", default_text="the schedule's")
     dropout: Optional[float] = field(None, "dropout before the classifier", default_text="the schedule's")
     stochastic_depth: Optional[float] = field(None, "MobileNetV4: stochastic depth rate of the last block (Model "
-                                                    "Garden's linear rule)", default_text="the schedule's")
+                                                    "Garden's rule: linear along the table; attention blocks, and "
+                                                    "every block of v4_conv_large's schedule, at this rate)",
+                                              default_text="the schedule's")
     randaugment: Optional[float] = field(None, "RandAugment magnitude (Model Garden's policy and 0-10 scale: "
                                                "two ops per image); 0 = off", default_text="the schedule's")
     mix_prob: Optional[float] = field(None, "probability that a training batch gets mixup or cutmix (Model "

@@ -46,8 +46,10 @@ POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
 # Ops of the postprocess kept float in int8 files (fused tensor names do not always
 # keep the scope; the constants of the dummy columns are named "arith.constant").
 # The network's only CONCATENATION (the predictors' outputs) stays float with them.
-FLOAT_ONLY_OPS = ["LOGISTIC", "SOFTMAX", "UNPACK", "PACK", "LOG", "EXP", "MINIMUM", "MAXIMUM", "STRIDED_SLICE",
-                  "CONCATENATION", "SELECT_V2", "SELECT"]
+# Also the ops XNNPACK has no int8 kernel for (``export.FLOAT_IN_INT8``: softmax, GELU,
+# attention's matmuls).
+FLOAT_ONLY_OPS = [*export.FLOAT_IN_INT8, "LOGISTIC", "UNPACK", "PACK", "LOG", "EXP", "MINIMUM", "MAXIMUM",
+                  "STRIDED_SLICE", "CONCATENATION", "SELECT_V2", "SELECT"]
 
 
 def save_detector(model, path, score_threshold=1e-8, activation="sigmoid"):
@@ -155,16 +157,11 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
         export.save_function(model, graph, graph.input_spec, saved_model)
         flatbuffer = tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
         if quantization == "int8":
-            # Calibrate with the converter, then re-quantize with the postprocess tensors
-            # denylisted (the experimental QuantizationDebugger is the public way to do it).
+            # Calibrated by the converter, quantized with the postprocess tensors kept float.
             converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = calibration
-            options = tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_nodes=_postprocess_tensor_names(flatbuffer), denylisted_ops=FLOAT_ONLY_OPS)
-            debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=calibration,
-                                                                 debug_options=options)
-            flatbuffer = debugger.get_nondebug_quantized_model()
+            flatbuffer = export.int8_keeping_float(converter, FLOAT_ONLY_OPS, _postprocess_tensor_names(flatbuffer))
     return export.write_file(path, flatbuffer)
 
 
