@@ -14,11 +14,14 @@ where installed, with XNNPACK; Keras (a ``tf.function``, no XLA) after them.
 
 Roofline: MAdds / the peak multiply-add rate of this machine, measured as the best
 float32 1024x1024 matmul TensorFlow runs here (all cores); "fp32 / roofline" is how
-far TFLite fp32 is from that bound. For V3 the same run also times the old layout,
-h-swish built as x * (ReLU6(x + 3) / 6) in the model itself: the converter fuses it
-into a HARD_SWISH op in int8 too, which XNNPACK has no int8 kernel for. Ours builds
-(x / 6) * ReLU6(x + 3) (``blocks.hard_swish``) and converts float files from the fused
-layout (``export.fuse_hard_swish``).
+far TFLite fp32 is from that bound. Where keras.applications has the architecture
+(V1-V3), the same run times its model too, converted by the same ``export.to_tflite``
+(random weights, BN statistics from the same images): the file a Keras user would
+otherwise deploy. Its V3 builds h-swish as x * (ReLU6(x + 3) / 6), which the converter
+fuses into a HARD_SWISH op in int8 too, which XNNPACK has no int8 kernel for; ours
+builds (x / 6) * ReLU6(x + 3) (``blocks.hard_swish``) and converts float files from
+the fused layout (``export.fuse_hard_swish``). The partition columns give the XNNPACK
+partitions of each int8 file and the ops XNNPACK left to TFLite's kernels.
 """
 
 import argparse
@@ -31,14 +34,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import benchmark, blocks, export  # noqa: E402
-from mobilenet_tf._keras import keras  # noqa: E402
+from mobilenet_tf import benchmark, export, weights  # noqa: E402
 from mobilenet_tf.data import synthetic  # noqa: E402
-
-
-def fused_hard_swish(x, name):
-    """h-swish as x * (ReLU6(x + 3) / 6): TFLite fuses it into HARD_SWISH."""
-    return keras.layers.Multiply(name=name)([x, blocks.hard_sigmoid(x, name + "_gate")])
 
 
 def synthetic_images(count, size):
@@ -46,13 +43,16 @@ def synthetic_images(count, size):
     return np.stack([image for image, _ in data.as_numpy_iterator()]).astype("float32")
 
 
-def build(name, resolution, images, fused=False):
-    original = blocks.hard_swish
-    blocks.hard_swish = fused_hard_swish if fused else original
-    try:
-        model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3))
-    finally:
-        blocks.hard_swish = original
+def build(name, resolution, images):
+    model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3))
+    return benchmark.batchnorm_from_data(model, images[:16])
+
+
+def keras_application(name, resolution, images):
+    """keras.applications' model of ``name`` (None where it has none)."""
+    if mobilenet_tf.registry.get_entry(name).published is None:
+        return None
+    model = weights.keras_application(name, input_shape=(resolution, resolution, 3))
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
@@ -63,17 +63,18 @@ def measure(name, resolution, threads, repeats, images, tmp):
     files = {"fp32": export.to_tflite(model, os.path.join(tmp, "fp32.tflite")),
              "fp16": export.to_tflite(model, os.path.join(tmp, "fp16.tflite"), "float16"),
              "int8": export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)}
-    if name.startswith("v3") and "minimalistic" not in name:
-        fused = build(name, resolution, images, fused=True)
-        files["fused fp32"] = export.to_tflite(fused, os.path.join(tmp, "fused_fp32.tflite"))
-        files["fused int8"] = export.to_tflite(fused, os.path.join(tmp, "fused_int8.tflite"), "int8", calibration)
+    peer = keras_application(name, resolution, images)
+    if peer is not None:
+        files["peer fp32"] = export.to_tflite(peer, os.path.join(tmp, "peer_fp32.tflite"))
+        files["peer int8"] = export.to_tflite(peer, os.path.join(tmp, "peer_int8.tflite"), "int8", calibration)
     interpreters = {column: export.TFLiteModel(path, threads) for column, path in files.items()}
     x = images[:1]
     ms = {column: seconds * 1e3 for column, seconds in
           zip(interpreters, benchmark.median_seconds(list(interpreters.values()), x, repeats))}
     keras_fn = tf.function(lambda batch: model(batch, training=False))
     ms["keras"] = benchmark.median_seconds([keras_fn], x, max(10, repeats // 5))[0] * 1e3
-    partitions = {column: it.op_counts().get("DELEGATE", 0) for column, it in interpreters.items()}
+    partitions = {column: (it.op_counts().get("DELEGATE", 0), it.ops_outside_delegate())
+                  for column, it in interpreters.items()}
     return ms, partitions, mobilenet_tf.profile(model).madds, interpreters["fp32"].runtime
 
 
@@ -94,17 +95,23 @@ def main(argv=None):
             rows.append((name,) + measure(name, args.resolution, args.threads, args.repeats, images, tmp))
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {rows[0][4]} interpreter, {args.threads} threads, "
           f"batch 1, {args.resolution}x{args.resolution}; peak {peak / 1e9:.1f} GMAdds/s (float32 1024^3 matmul)\n")
-    print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 "
-          "| roofline ms | fp32 / roofline | int8 XNNPACK partitions | old h-swish layout: fp32 ms, int8 ms, int8 partitions |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 | roofline ms "
+          "| fp32 / roofline | int8 XNNPACK partitions (ops outside) | keras.applications fp32 ms, int8 ms | "
+          "ours / keras.applications fp32 | keras.applications int8 partitions (ops outside) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ms, partitions, madds, _ in rows:
         roofline = madds / peak * 1e3
-        fused = (f"{ms['fused fp32']:.2f}, {ms['fused int8']:.2f}, {partitions['fused int8']}"
-                 if "fused int8" in ms else "-")
+        peer = (f"{ms['peer fp32']:.2f}, {ms['peer int8']:.2f} | {ms['fp32'] / ms['peer fp32']:.2f}x | "
+                f"{_partitions(partitions['peer int8'])}" if "peer int8" in ms else "- | - | -")
         print(f"| {name} | {madds / 1e6:.0f}M | {ms['keras']:.1f} | {ms['fp32']:.2f} | {ms['fp16']:.2f} "
               f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
-              f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {partitions['int8']} | {fused} |", flush=True)
+              f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} |",
+              flush=True)
 
+
+def _partitions(counted):
+    count, outside = counted
+    return f"{count} ({', '.join(f'{op} x{n}' for op, n in sorted(outside.items())) or 'none'})"
 
 if __name__ == "__main__":
     main()

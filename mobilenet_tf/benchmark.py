@@ -117,7 +117,9 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
 
     Returns:
         A list of dicts: backend, latency_ms (median), p90_ms, images_per_second,
-        model_bytes, and with ``madds`` also madds_per_ms and peak_share.
+        model_bytes, with ``madds`` also madds_per_ms and peak_share; TFLite rows
+        also runtime, xnnpack_partitions and ops_outside_xnnpack ({op: count} of
+        the ops XNNPACK leaves to TFLite's kernels).
     """
     check_backends(backends)
     shape = (batch,) + tuple(model.input_shape[1:])
@@ -149,7 +151,10 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
                        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))] * 1e3,
                        images_per_second=batch / median, model_bytes=int(size))
             if backend != "keras":
-                row["runtime"] = fns[backends.index(backend)].runtime
+                interpreter = fns[backends.index(backend)]
+                row["runtime"] = interpreter.runtime
+                row["xnnpack_partitions"] = interpreter.op_counts().get("DELEGATE", 0)
+                row["ops_outside_xnnpack"] = interpreter.ops_outside_delegate()
             if madds:
                 row["madds_per_ms"] = madds * batch / (median * 1e3)
                 row["peak_share"] = madds * batch / median / peak

@@ -340,10 +340,13 @@ def _bench(args):
                           "resolution": args.resolution, "results": results}, indent=2))
         return
     print(f"{args.name} {args.resolution}x{args.resolution} batch {args.batch}, threads {args.threads}")
-    print(f"{'backend':<15} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'bytes':>12} {'peak share':>10}")
+    print(f"{'backend':<15} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'bytes':>12} {'peak share':>10}  "
+          "XNNPACK partitions (ops outside)")
     for r in results:
+        outside = ", ".join(f"{op} x{n}" for op, n in sorted(r.get("ops_outside_xnnpack", {}).items()))
+        partitions = f"{r['xnnpack_partitions']} ({outside or 'none'})" if "xnnpack_partitions" in r else "-"
         print(f"{r['backend']:<15} {r['latency_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['images_per_second']:>9.1f} "
-              f"{r['model_bytes']:>12,} {r['peak_share']:>10.1%}")
+              f"{r['model_bytes']:>12,} {r['peak_share']:>10.1%}  {partitions}")
 
 
 def _builder_args(args):

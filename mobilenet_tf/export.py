@@ -227,6 +227,30 @@ class TFLiteModel:
             counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
         return counts
 
+    def ops_outside_delegate(self):
+        """{op name: count} of the ops XNNPACK left to TFLite's own kernels ({} when
+        XNNPACK runs the whole graph). A partition's ops are those its DELEGATE node's
+        outputs are computed from, back to the partition's inputs; every other op
+        runs outside."""
+        ops = self.interpreter._get_ops_details()
+        producer = {tensor: op["index"] for op in ops if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
+        by_index = {op["index"]: op for op in ops}
+        inside = set()
+        for partition in (op for op in ops if op["op_name"] == "DELEGATE"):
+            boundary, stack = set(partition["inputs"]), list(partition["outputs"])
+            while stack:
+                tensor = stack.pop()
+                index = producer.get(tensor)
+                if tensor in boundary or index is None or index in inside:
+                    continue
+                inside.add(index)
+                stack.extend(by_index[index]["inputs"])
+        outside = {}
+        for op in ops:
+            if op["op_name"] != "DELEGATE" and op["index"] not in inside:
+                outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+        return outside
+
 
 def save_function(model, fn, input_spec, path):
     """Write a SavedModel whose ``serving_default`` signature is ``fn`` (one input,

@@ -87,6 +87,8 @@ def test_bench_json_shape(capsys):
     for row in result["results"]:
         assert 0 < row["latency_ms"] <= row["p90_ms"] and row["images_per_second"] > 0
         assert row["model_bytes"] > 100_000 and 0 < row["peak_share"] < 1
+    tflite = result["results"][1]
+    assert tflite["xnnpack_partitions"] == 1 and tflite["ops_outside_xnnpack"] == {}
 
 
 def test_export_and_bench_bad_input(capsys):

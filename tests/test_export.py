@@ -1,7 +1,10 @@
 """TFLite export: the int8 fast path of V3, the interpreters, trained-like BN statistics."""
 
+import tempfile
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 
@@ -41,6 +44,7 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     int8_ops, fp32_ops = int8.op_counts(), fp32.op_counts()
     assert swishes == 19 and fp32_ops["HARD_SWISH"] == swishes and "HARD_SWISH" not in int8_ops
     assert int8_ops["DELEGATE"] == fp32_ops["DELEGATE"] == 1
+    assert int8.ops_outside_delegate() == fp32.ops_outside_delegate() == {}
     np.testing.assert_allclose(fp32(images[:2]), np.asarray(model(images[:2])), atol=1e-5)
     # The fused graph shares the model's layers and leaves the model itself alone.
     # A model compiled with a loss Keras cannot deserialize (as the SSDLite recipe's is).
@@ -57,6 +61,32 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     named = keras.Model(model.input, {"features": model.get_layer("conv").output, "logits": model.output})
     fused_named = export.fuse_hard_swish(named)
     assert isinstance(fused_named.output, dict) and set(fused_named.output) == {"features", "logits"}
+
+
+def test_int8_keeps_what_xnnpack_cannot_run_in_int8_in_float(tmp_path):
+    """GELU, softmax and a matmul of two activations have no int8 kernel in XNNPACK: a plain
+    full-integer conversion leaves them to TFLite's kernels (split partitions, which
+    ``ops_outside_delegate`` names); ``to_tflite`` keeps them float, on XNNPACK."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 8))
+    x = keras.layers.Conv2D(8, 1, activation="gelu")(inputs)
+    x = keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, 16, 8)))(x)  # a constant-shape RESHAPE
+    x = keras.layers.Lambda(lambda t: keras.ops.matmul(t, keras.ops.transpose(t, (0, 2, 1))))(x)  # (B, 16, 16)
+    x = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling1D()(keras.layers.Softmax()(x)))
+    model = keras.Model(inputs, keras.layers.Softmax()(x))
+    data = [np.random.default_rng(i).normal(size=(1, 4, 4, 8)).astype("float32") for i in range(8)]
+    ours = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data))
+    with tempfile.TemporaryDirectory() as saved_model:
+        export.save_inference(model, saved_model)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = export.calibration_generator(data, 8)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        plain = export.TFLiteModel(export.write_file(str(tmp_path / "plain.tflite"), converter.convert()))
+    assert plain.ops_outside_delegate() == {"GELU": 1, "BATCH_MATMUL": 1, "SOFTMAX": 2}
+    assert plain.op_counts()["DELEGATE"] > 1
+    assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
+    np.testing.assert_allclose(ours(data[0]), model(data[0]), atol=0.05)
 
 
 @pytest.mark.slow(seconds=11)
