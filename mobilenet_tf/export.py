@@ -86,11 +86,11 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         return write_file(path, converter.convert())
 
 
-# XNNPACK has no int8 kernel for a matmul of two activations or for softmax: in an int8
+# XNNPACK has no int8 kernel for a matmul of two activations, softmax or GELU: in an int8
 # file they leave the delegate for TFLite's own kernels (MobileNetV4 Hybrid-M: 11 XNNPACK
-# partitions; a classifier's final softmax: 2, the DEQUANTIZE after it is a partition of
-# its own). In float they stay on XNNPACK, which runs the DEQUANTIZE / QUANTIZE around them
-# too (1 partition).
+# partitions, Hybrid-L 51; a classifier's final softmax: 2, the DEQUANTIZE after it is a
+# partition of its own). In float they stay on XNNPACK, which runs the DEQUANTIZE /
+# QUANTIZE around them too (1 partition).
 FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU")
 
 

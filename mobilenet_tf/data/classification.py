@@ -7,7 +7,8 @@ rescales to [-1, 1] itself (keras.applications' V3 contract, which makes
 transferred ImageNet weights see exactly what they were trained on).
 
 Training: Inception-style random-resized crop (area 8-100%, aspect 3/4-4/3),
-horizontal flip and optionally RandAugment (``augment``). Evaluation: central crop of 87.5% (224 of 256) resized to S.
+horizontal flip and optionally RandAugment (``augment``). Evaluation: central crop
+of 87.5% (224 of 256) resized to S.
 """
 
 import dataclasses
