@@ -119,6 +119,9 @@ class Config(config_lib.RunOptions):
     synthetic_train_examples: int = field(2000, "synthetic training scenes per epoch")
     synthetic_eval_examples: int = field(200, "synthetic evaluation scenes")
     tflite: str = field("", "also export TFLite detectors: comma list of fp32, int8")
+    tflite_nms: str = field("regular", "the TFLite detectors' NMS: regular (per class, as COCO evaluation expects) "
+                                       "or fast (class-agnostic, one class per box: the TF Object Detection API's "
+                                       "TFLite default)", choices=list(deploy.NMS))
     output_dir: str = field("runs/ssdlite", "run directory")
     weights: Optional[str] = field(None, "a .weights.h5 of the whole model to start from / evaluate")
     backbone_weights: Optional[str] = field(None, "'imagenet' or a backbone .weights.h5 (imagenet needs "
@@ -190,7 +193,8 @@ class SSDLiteCOCO(detection.COCODetectionRecipe):
 
     def to_tflite(self, model, fmt, path, calibration, count):
         return deploy.to_tflite_detector(model, path, quantization=fmt, representative_images=calibration,
-                                         activation=self.activation, calibration_steps=count)
+                                         activation=self.activation, calibration_steps=count,
+                                         nms=self.config.tflite_nms)
 
 
 def make_optimizer(config, steps_per_epoch):

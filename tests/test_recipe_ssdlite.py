@@ -194,6 +194,7 @@ def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     (["--eval-only"], "needs --weights"),
     (["--weights", "nowhere.weights.h5"], "is not a file"),
     (["--tflite", "int4"], "`--tflite` formats"),
+    (["--tflite-nms", "soft"], "invalid choice: 'soft'"),
     (["--synthetic-classes", "1"], "`--synthetic-classes` must be in [2, 255]"),
     (["--dataset", "synthetic", "--data-dir", "somewhere"], "drop --data-dir to train on synthetic data"),
 ])

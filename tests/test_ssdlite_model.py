@@ -261,6 +261,28 @@ def test_tflite_detector_has_the_custom_nms_op_and_checks_arguments(tmp_path):
     assert out["classes"][0, :num].min() >= 1 and out["classes"][0, :num].max() <= 5  # ids 1..C-1
     assert np.all(out["scores"][0, num:] == 0) and np.all(out["boxes"][0, num:] == 0)  # empty slots zeroed
     assert np.all((out["boxes"] >= 0) & (out["boxes"] <= 1))
+    # The default is fast NMS: one class-agnostic suppression, so no two kept boxes overlap
+    # past the IoU threshold; per-class ("regular") NMS keeps such boxes for other classes.
+    regular = deploy.TFLiteDetector(deploy.to_tflite_detector(model, tmp_path / "regular.tflite", nms="regular"))
+    image = np.random.default_rng(0).uniform(0, 255, (1, 96, 96, 3))
+    overlaps = {}
+    for name, file in (("fast", detector), ("regular", regular)):
+        result = file(image)
+        boxes = result["boxes"][0, :int(result["num_detections"][0])]
+        iou = _pairwise_iou(boxes)
+        overlaps[name] = (iou[np.triu_indices(len(boxes), 1)] > postprocess.IOU_THRESHOLD + 1e-4).sum()
+    assert overlaps["fast"] == 0 < overlaps["regular"], overlaps
+    with pytest.raises(ValueError, match="`nms` must be one of"):
+        deploy.to_tflite_detector(model, tmp_path / "x.tflite", nms="soft")
+
+
+def _pairwise_iou(boxes):
+    """(N, 4) [ymin, xmin, ymax, xmax] -> (N, N) IoU."""
+    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=-1)
+    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-12)
 
 
 @pytest.mark.slow(seconds=15)
@@ -280,7 +302,8 @@ def test_ssd_head_tflite_detector_equals_keras(tmp_path):
         layer.bias.assign(np.full(layer.bias.shape, -2.0, "float32"))
     images = np.random.default_rng(0).uniform(0, 255, (3, 96, 96, 3)).astype("float32")
     expected = {k: v.numpy() for k, v in postprocess.build_inference_model(model, score_threshold=0.3)(images).items()}
-    detector = deploy.TFLiteDetector(deploy.to_tflite_detector(model, tmp_path / "ssd.tflite", score_threshold=0.3))
+    detector = deploy.TFLiteDetector(deploy.to_tflite_detector(model, tmp_path / "ssd.tflite", score_threshold=0.3,
+                                                               nms="regular"))
     counts = detector.op_counts()
     assert counts["TFLite_Detection_PostProcess"] == 1 and not any(op.startswith("Flex") for op in counts)
     for i, image in enumerate(images):

@@ -1,8 +1,14 @@
 """Deployable detectors: a SavedModel and a TFLite file with decoding and NMS inside.
 
     (1, S, S, 3) float32 pixels in [0, 255] -> network -> [sigmoid, decode, clip]
-        -> TFLite_Detection_PostProcess (per-class NMS) -> boxes (1, K, 4),
+        -> TFLite_Detection_PostProcess (fast or per-class NMS) -> boxes (1, K, 4),
            scores (1, K), classes (1, K) ids >= 1, num_detections (1,)
+
+NMS (``nms``): "fast", the TF Object Detection API's TFLite default
+(``use_regular_nms=false``): each anchor keeps its best class only and one class-
+agnostic NMS runs over all of them, so its cost does not grow with the classes;
+"regular": NMS per class, as ``postprocess.build_inference_model`` and COCO
+evaluation do (an anchor may be kept for several classes).
 
 ``combined_non_max_suppression`` is not a TFLite builtin (through Flex it converts,
 but the pip interpreter, like a phone without the select-ops library, cannot run
@@ -40,6 +46,7 @@ from mobilenet_tf.heads.ssdlite import box_coder, model as model_lib, postproces
 # The quantizations a detector file takes (names of export.QUANTIZATIONS; None and
 # the other aliases of export.ALIASES are accepted as well).
 QUANTIZATIONS = ("fp32", "int8")
+NMS = ("fast", "regular")
 THREAD_SAFE_UP_TO = 8
 MIN_SIDE = 1e-8  # boxes clipped to zero size keep this side (finite log)
 POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
@@ -61,14 +68,15 @@ def save_detector(model, path, score_threshold=1e-8, activation="sigmoid"):
     return path
 
 
-def _implements_signature(num_classes, max_detections, score_threshold, iou_threshold):
+def _implements_signature(num_classes, max_detections, score_threshold, iou_threshold, regular_nms):
     """The op's name and attributes; ``num_classes`` without background. Floats keep
     full precision (``%f`` would turn a 1e-8 threshold into 0)."""
     ints = dict(max_detections=max_detections, max_classes_per_detection=1, detections_per_class=max_detections,
                 num_classes=num_classes)
     floats = dict(nms_score_threshold=score_threshold, nms_iou_threshold=iou_threshold, y_scale=1.0, x_scale=1.0,
                   h_scale=1.0, w_scale=1.0)
-    attrs = ['name: "TFLite_Detection_PostProcess"', 'attr { key: "use_regular_nms" value { b: true } }']
+    attrs = ['name: "TFLite_Detection_PostProcess"',
+             f'attr {{ key: "use_regular_nms" value {{ b: {str(regular_nms).lower()} }} }}']
     attrs += [f'attr {{ key: "{key}" value {{ i: {int(value)} }} }}' for key, value in ints.items()]
     attrs += [f'attr {{ key: "{key}" value {{ f: {float(value)!r} }} }}' for key, value in floats.items()]
     return " ".join(attrs)
@@ -89,19 +97,22 @@ class _TFLiteGraph:
     """The traced graph the converter turns into a detector (before conversion the op's
     stand-in returns zeros: only the .tflite computes detections)."""
 
-    def __init__(self, model, score_threshold, activation):
+    def __init__(self, model, score_threshold, activation, nms):
         if score_threshold <= 0:
             raise ValueError(f"`score_threshold` must be > 0 (the op keeps scores >= it); got {score_threshold}.")
+        if nms not in NMS:
+            raise ValueError(f"`nms` must be one of {NMS}; got {nms!r}.")
         self.model, self.activation = model, activation
         self.anchors = tf.constant(model_lib.anchors_for(model))
         self.unit_anchors = tf.constant(np.tile(np.float32([[0, 0, 1, 1]]), (self.anchors.shape[0], 1)))
         num_classes = model.output["classes"].shape[-1] - 1  # without background
-        self.dummy_columns = THREAD_SAFE_UP_TO - 1 if num_classes > 2 else 0
+        # The threading bug is in the per-class path only.
+        self.dummy_columns = THREAD_SAFE_UP_TO - 1 if num_classes > 2 and nms == "regular" else 0
         self.max_detections = postprocess.MAX_DETECTIONS
         k = self.max_detections
 
         @tf.function(experimental_implements=_implements_signature(
-            num_classes + self.dummy_columns, k, score_threshold, postprocess.IOU_THRESHOLD))
+            num_classes + self.dummy_columns, k, score_threshold, postprocess.IOU_THRESHOLD, nms == "regular"))
         def detection_postprocess(box_encodings, class_predictions, anchors):
             return (tf.zeros((1, k, 4)), tf.zeros((1, k)), tf.zeros((1, k)), tf.zeros((1,)))
 
@@ -135,7 +146,7 @@ def _postprocess_tensor_names(flatbuffer):
 
 
 def to_tflite_detector(model, path, quantization=None, representative_images=None, score_threshold=1e-8,
-                       activation="sigmoid", calibration_steps=100):
+                       activation="sigmoid", calibration_steps=100, nms="fast"):
     """Write a detection ``.tflite``: "images" (1, S, S, 3) float32 in [0, 255] ->
     boxes (1, 100, 4), scores (1, 100), classes (1, 100) float ids >= 1 (0 = empty
     slot), num_detections (1,).
@@ -145,13 +156,15 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
         quantization: one of ``QUANTIZATIONS``: "fp32" (also None) or "int8"
             (full-integer network, float postprocess; needs
             ``representative_images``: (1, S, S, 3) batches).
+        nms: "fast" (class-agnostic, one class per anchor: for deployment) or
+            "regular" (per class: the Keras detector's and COCO evaluation's).
     """
     quantization = export.quantization_name(quantization, QUANTIZATIONS)
     if quantization == "int8" and representative_images is None:
         raise ValueError("`quantization='int8'` needs `representative_images`.")
     if quantization != "int8":  # float: h-swish as one HARD_SWISH op (see export.fuse_hard_swish)
         model = export.fuse_hard_swish(model)
-    graph = _TFLiteGraph(model, score_threshold, activation)
+    graph = _TFLiteGraph(model, score_threshold, activation, nms)
     calibration = export.calibration_generator(representative_images, calibration_steps)
     with tempfile.TemporaryDirectory() as saved_model:
         export.save_function(model, graph, graph.input_spec, saved_model)
