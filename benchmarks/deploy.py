@@ -48,7 +48,7 @@ def build(name, resolution, images):
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
-def keras_application(name, resolution, images):
+def keras_applications_model(name, resolution, images):
     """keras.applications' model of ``name`` (None where it has none)."""
     if mobilenet_tf.registry.get_entry(name).published is None:
         return None
@@ -63,7 +63,7 @@ def measure(name, resolution, threads, repeats, images, tmp):
     files = {"fp32": export.to_tflite(model, os.path.join(tmp, "fp32.tflite")),
              "fp16": export.to_tflite(model, os.path.join(tmp, "fp16.tflite"), "float16"),
              "int8": export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)}
-    peer = keras_application(name, resolution, images)
+    peer = keras_applications_model(name, resolution, images)
     if peer is not None:
         files["peer fp32"] = export.to_tflite(peer, os.path.join(tmp, "peer_fp32.tflite"))
         files["peer int8"] = export.to_tflite(peer, os.path.join(tmp, "peer_int8.tflite"), "int8", calibration)
