@@ -269,20 +269,11 @@ def test_tflite_detector_has_the_custom_nms_op_and_checks_arguments(tmp_path):
     for name, file in (("fast", detector), ("regular", regular)):
         result = file(image)
         boxes = result["boxes"][0, :int(result["num_detections"][0])]
-        iou = _pairwise_iou(boxes)
+        iou = matcher.iou(boxes, boxes).numpy()
         overlaps[name] = (iou[np.triu_indices(len(boxes), 1)] > postprocess.IOU_THRESHOLD + 1e-4).sum()
     assert overlaps["fast"] == 0 < overlaps["regular"], overlaps
     with pytest.raises(ValueError, match="`nms` must be one of"):
         deploy.to_tflite_detector(model, tmp_path / "x.tflite", nms="soft")
-
-
-def _pairwise_iou(boxes):
-    """(N, 4) [ymin, xmin, ymax, xmax] -> (N, N) IoU."""
-    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=-1)
-    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-12)
 
 
 @pytest.mark.slow(seconds=15)
