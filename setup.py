@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # heads/ is installed as mobilenet_tf.heads (heads/lraspp -> mobilenet_tf.heads.lraspp, ...).
+    # heads/ is installed as mobilenet_tf.heads (heads/segmentation -> mobilenet_tf.heads.segmentation, ...).
     packages=find_packages(include=["mobilenet_tf", "mobilenet_tf.*"])
     + ["mobilenet_tf.heads"] + [f"mobilenet_tf.heads.{p}" for p in find_packages("heads")],
     package_dir={"mobilenet_tf": "mobilenet_tf", "mobilenet_tf.heads": "heads"},

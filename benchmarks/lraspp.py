@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import benchmark  # noqa: E402
-from mobilenet_tf.heads import lraspp  # noqa: E402
+from mobilenet_tf.heads import segmentation  # noqa: E402
 
 
 def main(argv=None):
@@ -41,7 +41,7 @@ def main(argv=None):
     for backbone in args.backbones.split(","):
         for size in args.sizes.split(","):
             height, width = (int(v) for v in size.split("x"))
-            model = lraspp.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
+            model = segmentation.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
             benchmark.batchnorm_from_data(model, rng.uniform(0, 255, (2, height, width, 3)).astype("float32"))
             madds = mobilenet_tf.profile(model).madds
             keras_ms, fp32_ms = (r["latency_ms"] for r in benchmark.bench(

@@ -15,7 +15,7 @@ from mobilenet_tf._keras import keras, layers
 MIN_INPUT_SIZE = 32
 POOLINGS = (None, "avg", "max")
 OUTPUT_STRIDES = (8, 16, 32)
-ENDPOINT_NAMES = ("C1", "C2", "C3", "C4", "C4_expand", "C5")
+ENDPOINT_NAMES = ("C1", "C2", "C3", "C4", "C4_expand", "C5_block", "C5")
 
 
 def check_alpha(alpha, name="alpha"):

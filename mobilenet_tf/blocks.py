@@ -157,14 +157,15 @@ def batch_norm(x, name):
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def conv_bn_act(x, filters, kernel, stride, kind, conv_name, bn_name, act_name, groups=1):
-    """Conv2D (no bias, ``groups`` groups) -> BatchNormalization -> activation ``kind``
-    (None: no activation).
+def conv_bn_act(x, filters, kernel, stride, kind, conv_name, bn_name, act_name, groups=1, dilation_rate=1):
+    """Conv2D (no bias, ``groups`` groups, "same" padding) -> BatchNormalization ->
+    activation ``kind`` (None: no activation).
 
     Shapes: (B, H, W, C) -> (B, ceil(H / stride), ceil(W / stride), filters).
     """
     x = layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", groups=groups, use_bias=False, name=conv_name
+        filters, kernel, strides=stride, padding="same", groups=groups, dilation_rate=dilation_rate,
+        use_bias=False, name=conv_name
     )(x)
     x = batch_norm(x, bn_name)
     return activation(x, kind, act_name)

@@ -41,13 +41,14 @@ V2_BLOCKS = table_rows()
 
 def feature_info(alpha=1.0, reduced_tail=False):
     """``registry.FeatureInfo`` of ``mobilenet_v2(alpha=..., reduced_tail=...)``'s endpoints:
-    C1..C4 the stages' last blocks, "C4_expand" block 13's expansion, C5 "out_relu"."""
+    C1..C4 the stages' last blocks, "C4_expand" block 13's expansion, "C5_block" the last
+    block (320 channels), C5 "out_relu"."""
     rows = blocks.reduce_tail(V2_BLOCKS) if reduced_tail else V2_BLOCKS
     last_conv = LAST_CONV // 2 if reduced_tail else LAST_CONV
     stem = blocks.make_divisible(STEM_FILTERS * alpha)
     layers = [(2, stem, "Conv1_relu"), *backbone.inverted_residual_layers(rows, stem, STEM_FILTERS, alpha, NAMING),
               (1, blocks.make_divisible(last_conv * max(alpha, 1.0)), "out_relu")]
-    return registry.walk_features(layers)
+    return registry.walk_features(layers, last_block=True)
 
 
 def mobilenet_v2(
@@ -106,6 +107,7 @@ def mobilenet_v2(
         x, blocks.make_divisible(STEM_FILTERS * alpha), 3, stride, "relu6", "Conv1", "bn_Conv1", "Conv1_relu"
     )
     x = backbone.inverted_residual_stack(x, rows, STEM_FILTERS, alpha, walk, NAMING)
+    walk.record(x, "_block")  # 320 channels: DeepLab's segmentation features (V2 paper Table 7's "V2*")
     x = blocks.conv_bn_act(
         x, blocks.make_divisible(last_conv * max(alpha, 1.0)), 1, 1, "relu6", "Conv_1", "Conv_1_bn", "out_relu"
     )

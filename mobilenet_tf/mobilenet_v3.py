@@ -97,7 +97,7 @@ def reduce_tail(arch):
 def feature_info(arch, alpha=1.0, reduced_tail=False, minimalistic=False):
     """``registry.FeatureInfo`` of a V3 built from ``arch``: C1..C4 the stages' last
     blocks (C1 of V3-Small: the stem), "C4_expand" the expansion feeding the first
-    stride-32 block, C5 the 1x1 conv before pooling ("conv_1_act")."""
+    stride-32 block, "C5_block" the last block, C5 the 1x1 conv before pooling ("conv_1_act")."""
     if minimalistic:
         arch = to_minimalistic(arch)
     if reduced_tail:
@@ -105,7 +105,7 @@ def feature_info(arch, alpha=1.0, reduced_tail=False, minimalistic=False):
     layers = [(2, arch.stem_filters, "conv_act"),
               *backbone.inverted_residual_layers(arch.blocks, arch.stem_filters, arch.stem_filters, alpha, NAMING)]
     last = blocks.make_divisible(layers[-1][1] * (arch.last_conv / arch.blocks[-1].filters))
-    return registry.walk_features(layers + [(1, last, "conv_1_act")])
+    return registry.walk_features(layers + [(1, last, "conv_1_act")], last_block=True)
 
 
 def feature_info_large(alpha=1.0, reduced_tail=False, minimalistic=False):
@@ -146,6 +146,7 @@ def build_v3(
     stride, _ = walk.block(x, 2)
     x = blocks.conv_bn_act(x, arch.stem_filters, 3, stride, act, "conv", "conv_bn", "conv_act")
     x = backbone.inverted_residual_stack(x, arch.blocks, arch.stem_filters, alpha, walk, NAMING)
+    walk.record(x, "_block")
     last_conv = blocks.make_divisible(x.shape[-1] * (arch.last_conv / arch.blocks[-1].filters))
     x = blocks.conv_bn_act(x, last_conv, 1, 1, act, "conv_1", "conv_1_bn", "conv_1_act")
     walk.record(x)

@@ -352,7 +352,8 @@ def build_features(name, *, alpha=None, reduced_tail=None, output_stride=32, inp
 
 # ------------------------------------------------------------------ feature info from layer walks
 
-def walk_features(layers, endpoint_names=("C1", "C2", "C3", "C4", "C4_expand", "C5")):
+def walk_features(layers, endpoint_names=("C1", "C2", "C3", "C4", "C4_expand", "C5_block", "C5"),
+                  last_block=False):
     """``FeatureInfo`` of a network described layer by layer, by ``backbone.StrideWalk``'s rule.
 
     Args:
@@ -362,18 +363,22 @@ def walk_features(layers, endpoint_names=("C1", "C2", "C3", "C4", "C4_expand", "
             Before each layer with stride > 1 the previous output is the endpoint
             of the stride so far; the last output is the endpoint of the final stride.
         endpoint_names: the order of the result.
+        last_block: the last layer is a 1x1 conv after the blocks (V2 / V3): the
+            output before it is recorded as "C5_block".
 
     Returns:
         Tuple of ``FeatureInfo`` (nominal strides), in ``endpoint_names`` order.
     """
     found, nominal, previous = {}, 1, None
-    for stride, channels, layer, *expansion in layers:
+    for index, (stride, channels, layer, *expansion) in enumerate(layers):
         if stride > 1:
             if nominal > 1:
                 found[f"C{int(math.log2(nominal))}"] = FeatureInfo("", nominal, *previous)
             if nominal == 16 and expansion:
                 found["C4_expand"] = FeatureInfo("", 16, *expansion[0])
             nominal *= stride
+        if last_block and index == len(layers) - 1:
+            found[f"C{int(math.log2(nominal))}_block"] = FeatureInfo("", nominal, *previous)
         previous = (channels, layer)
     found[f"C{int(math.log2(nominal))}"] = FeatureInfo("", nominal, *previous)
     return tuple(dataclasses.replace(found[key], name=key) for key in endpoint_names if key in found)

@@ -112,14 +112,14 @@ HEADS_SCRIPT = textwrap.dedent("""
     import numpy as np
     import mobilenet_tf
     from mobilenet_tf import compress, export
-    from mobilenet_tf.heads import facenet, lraspp, ssdlite
+    from mobilenet_tf.heads import facenet, segmentation, ssdlite
 
     def check(head):
         rng = np.random.default_rng(0)
         if head == "facenet":
             model = facenet.build_embedding_model("v1", alpha=0.25, input_size=64, embedding_dim=32)
         elif head == "lraspp":
-            model = lraspp.build_lraspp("v1", num_classes=4, input_shape=(64, 64, 3), alpha=0.25,
+            model = segmentation.build_lraspp("v1", num_classes=4, input_shape=(64, 64, 3), alpha=0.25,
                                         pool_crop_size=(64, 64))
         else:
             model = ssdlite.build_ssdlite(backbone="v1", num_classes=4, input_size=64, alpha=0.25)

@@ -12,7 +12,7 @@ import pytest
 from mobilenet_tf.training import config as config_lib
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-RECIPES = ["imagenet", "lraspp_cityscapes", "facenet_distill", "ssdlite_coco", "faster_rcnn_coco", "compress"]
+RECIPES = ["imagenet", "segmentation", "facenet_distill", "ssdlite_coco", "faster_rcnn_coco", "compress"]
 _MODULES = {}
 
 
@@ -106,9 +106,10 @@ def test_imagenet_help_is_the_preset_not_drifted_prose():
 
 
 def test_presets_group_equal_values_and_read_required():
-    helps = flag_helps(load_recipe("lraspp_cityscapes").get_args_parser())
-    assert helps["--crop-size"].endswith("(cityscapes: 768; folder: 512; synthetic: 128)")
-    assert helps["--eval-height"].endswith("(cityscapes: 1024; folder: required; synthetic: 128)")
+    helps = flag_helps(load_recipe("segmentation").get_args_parser())
+    assert helps["--crop-size"].endswith("(cityscapes: 768; voc, folder: 512; synthetic: 128)")
+    assert helps["--eval-height"].endswith("(cityscapes: 1024; voc: 512; folder: required; synthetic: 128)")
+    assert helps["--head"].endswith("(cityscapes, folder, synthetic: lraspp; voc: raspp)")
     assert helps["--global-batch-size"] == "batch over all replicas (default: 16)"  # every preset agrees
     helps = flag_helps(load_recipe("facenet_distill").get_args_parser())
     assert "{adagrad,adam,sgd}" in load_recipe("facenet_distill").get_args_parser().format_help()

@@ -10,7 +10,7 @@ from mobilenet_tf import evaluation, export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.facenet import data as face_data, model as face_model, teacher as teacher_lib
-from mobilenet_tf.heads.lraspp import evaluation as seg_evaluation
+from mobilenet_tf.heads.segmentation import evaluation as seg_evaluation
 from mobilenet_tf.heads.ssdlite import data as det_data, evaluation as det_evaluation
 
 
@@ -91,7 +91,7 @@ def test_moved_evaluators_stay_below_training():
     import subprocess
     import sys
 
-    modules = ["mobilenet_tf.evaluation", "mobilenet_tf.heads.lraspp.evaluation",
+    modules = ["mobilenet_tf.evaluation", "mobilenet_tf.heads.segmentation.evaluation",
                "mobilenet_tf.heads.ssdlite.evaluation", "mobilenet_tf.heads.facenet.teacher"]
     script = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
               + "print(sorted(m for m in sys.modules if m.startswith('mobilenet_tf.training')))")

@@ -7,7 +7,7 @@ import keras
 import mobilenet_tf
 from conftest import randomize_batchnorm, run
 from mobilenet_tf import export, weights as weights_lib
-from mobilenet_tf.heads import lraspp
+from mobilenet_tf.heads import segmentation
 
 # Reference parameter counts: torchvision (trainable parameters; BN statistics are buffers there)
 # and keras.applications.Xception (count_params, BN statistics included).
@@ -191,10 +191,10 @@ def test_tflite_fp32_matches_keras(name, tmp_path, images):
 
 def test_new_families_feed_the_lraspp_head():
     for name in ("shufflenet_v2_x0_5", "squeezenet1_1"):
-        model = lraspp.build_lraspp(name, num_classes=3, input_shape=(64, 64, 3))
+        model = segmentation.build_lraspp(name, num_classes=3, input_shape=(64, 64, 3))
         assert run(model, np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
     with pytest.raises(ValueError, match=r"`alpha` applies to v1, v2, v3_\*; 'xception' has no width multiplier"):
-        lraspp.build_lraspp("xception", alpha=0.5, input_shape=(128, 128, 3))
+        segmentation.build_lraspp("xception", alpha=0.5, input_shape=(128, 128, 3))
 
 
 @pytest.mark.parametrize("call, message", [

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ROOT, run_recipe_in_process
 from mobilenet_tf.data import classification, image_check
 from mobilenet_tf.heads.facenet import data as face_data
-from mobilenet_tf.heads.lraspp import data as seg_data
+from mobilenet_tf.heads.segmentation import data as seg_data
 
 TRUNCATED = "jpeg::Uncompress failed"
 NOT_AN_IMAGE = "Unknown image file format"
@@ -241,7 +241,7 @@ def _recipe_module(name):
     return module
 
 
-@pytest.mark.parametrize("recipe, real", [("imagenet", "imagenet2012"), ("lraspp_cityscapes", "cityscapes")])
+@pytest.mark.parametrize("recipe, real", [("imagenet", "imagenet2012"), ("segmentation", "cityscapes")])
 def test_data_dir_without_dataset_selects_the_real_dataset(recipe, real, tmp_path):
     module = _recipe_module(recipe)
     assert module.resolve(module.Config()).dataset == "synthetic"

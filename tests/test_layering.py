@@ -9,7 +9,7 @@ import pytest
 BELOW_TRAINING = ["mobilenet_tf", "mobilenet_tf.export", "mobilenet_tf.benchmark", "mobilenet_tf.compress",
                   "mobilenet_tf.compressed_format",
                   "mobilenet_tf.walkers", "mobilenet_tf.profile", "mobilenet_tf.weights", "mobilenet_tf.zoo",
-                  "mobilenet_tf.heads.ssdlite", "mobilenet_tf.heads.ssdlite.deploy", "mobilenet_tf.heads.lraspp",
+                  "mobilenet_tf.heads.ssdlite", "mobilenet_tf.heads.ssdlite.deploy", "mobilenet_tf.heads.segmentation",
                   "mobilenet_tf.heads.facenet", "mobilenet_tf.heads.faster_rcnn"]
 
 

@@ -12,7 +12,7 @@ from conftest import randomize_batchnorm, run
 from mobilenet_tf import benchmark, export, registry
 from mobilenet_tf._keras import keras
 from mobilenet_tf.v4_layers import LayerScale, MultiQueryAttention, StochasticDepth
-from mobilenet_tf.heads import facenet, lraspp, ssdlite
+from mobilenet_tf.heads import facenet, segmentation, ssdlite
 from mobilenet_tf.mobilenet_v4 import ARCHITECTURES, MQA, mobilenet_v4
 
 VARIANTS = tuple(ARCHITECTURES)
@@ -203,7 +203,7 @@ def test_heads_take_v4_backbones():
     detector = ssdlite.build_ssdlite("v4_hybrid_medium", num_classes=3, input_size=128)
     out = detector(np.zeros((1, 128, 128, 3), "float32"))
     assert out["classes"].shape[0] == 1 and out["boxes"].shape[-1] == 4
-    segmenter = lraspp.build_lraspp("v4_conv_small", num_classes=3, input_shape=(64, 64, 3))
+    segmenter = segmentation.build_lraspp("v4_conv_small", num_classes=3, input_shape=(64, 64, 3))
     assert run(segmenter, np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
     embedding = facenet.build_embedding_model("v4_conv_small", input_size=64, embedding_dim=16)
     assert run(embedding, np.zeros((2, 64, 64, 3), "float32")).shape == (2, 16)

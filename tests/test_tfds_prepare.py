@@ -75,8 +75,8 @@ def test_imagenet2012_prepares_from_manual_tars_and_trains(tmp_path):
 
 @pytest.mark.slow(seconds=10)
 def test_cityscapes_prepares_from_manual_zips_and_trains_lraspp(tmp_path):
-    from mobilenet_tf.heads import lraspp
-    from mobilenet_tf.heads.lraspp import data, metrics as seg_metrics
+    from mobilenet_tf.heads import segmentation
+    from mobilenet_tf.heads.segmentation import data, metrics as seg_metrics
 
     expected = tfds_archives.write_cityscapes_manual(tmp_path / tfds_archives.MANUAL)
     train = data.cityscapes_split("train", str(tmp_path))  # prepares cityscapes/semantic_segmentation
@@ -96,8 +96,8 @@ def test_cityscapes_prepares_from_manual_zips_and_trains_lraspp(tmp_path):
                                   scale_range=(1 / 32, 1 / 16), deterministic=True)
     val_ds = data.make_pipeline(val, training=False, batch_size=1, eval_size=eval_size)
 
-    def build(height, width):  # as recipes/lraspp_cityscapes.py builds it, tiny
-        return lraspp.build_lraspp("v3_small", num_classes=19, input_shape=(height, width, 3), alpha=0.35,
+    def build(height, width):  # as recipes/segmentation.py builds it, tiny
+        return segmentation.build_lraspp("v3_small", num_classes=19, input_shape=(height, width, 3), alpha=0.35,
                                    pool_crop_size=(crop, crop))
 
     keras.utils.set_random_seed(0)
@@ -238,7 +238,7 @@ def test_missing_importlib_resources_is_reported_as_such_not_as_manual_download(
 
 @pytest.mark.parametrize("dataset", ["imagenet2012", "cityscapes"])
 def test_empty_manual_dir_gives_the_manual_download_message_with_path(tmp_path, dataset):
-    from mobilenet_tf.heads.lraspp import data
+    from mobilenet_tf.heads.segmentation import data
 
     manual_dir = tmp_path / tfds_archives.MANUAL
     manual_dir.mkdir(parents=True)
@@ -255,7 +255,7 @@ def test_empty_manual_dir_gives_the_manual_download_message_with_path(tmp_path, 
 
 
 def test_one_missing_cityscapes_zip_is_named(tmp_path):
-    from mobilenet_tf.heads.lraspp import data
+    from mobilenet_tf.heads.segmentation import data
 
     manual_dir = tmp_path / tfds_archives.MANUAL
     manual_dir.mkdir(parents=True)

@@ -1,11 +1,12 @@
-"""Segmentation input pipelines: TFDS Cityscapes, a folder of images + label PNGs,
-or synthetic shapes. Examples are ``(image, label)`` with image (H, W, 3) and label
+"""Segmentation input pipelines: TFDS Cityscapes, the PASCAL VOC 2012 devkit, a folder
+of images + label PNGs, or synthetic shapes. Examples are ``(image, label)`` with image (H, W, 3) and label
 (H, W, 1) uint8 train ids, ``IGNORE_LABEL`` (255) where there is no class.
 
 Training augmentation (DeepLab's Cityscapes recipe): random scale in [0.5, 2.0],
 random crop padded with the mean pixel / the ignore label, horizontal flip. Images
 are resized bilinearly, labels with nearest neighbour only. Evaluation: the full
-image, single scale (the V3 paper's setting).
+image, single scale (the V3 paper's setting; VOC padded to the evaluation size as
+DeepLab does; multi-scale + flip: ``multiscale``).
 """
 
 import os
@@ -111,18 +112,28 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None, strict=F
                 for f in images if stem(f) not in labels]
     unpaired += [(path, f"label without an image: no {name}{{{','.join(IMAGE_EXTENSIONS)}}} in {images_dir}")
                  for name, path in labels.items() if name not in image_stems]
+    names = class_names or [f"class_{i}" for i in range(num_classes)]
+    return paired_split(pairs, num_classes, names, strict=strict, check_cache=check_cache, unpaired=unpaired,
+                        where=f"in {images_dir!r} and its label PNG in {labels_dir!r}")
+
+
+def paired_split(pairs, num_classes, class_names, strict=False, check_cache=None, unpaired=(), where=""):
+    """A ``Split`` of (image path, label PNG path) pairs, each file decoded once first
+    (``image_check.check_files``, cached): a pair with an unreadable file is left out
+    and listed with its reason in the split's ``check`` report (with ``unpaired``), or
+    with ``strict`` the first raises ``ValueError``; then ``check_folder_pairs``."""
     good_images, report = image_check.check_files([image for image, _ in pairs], cache_dir=check_cache)
     good_labels, label_report = image_check.check_files([label for _, label in pairs], reader="pil",
                                                         cache_dir=check_cache)
     report = report.merge(label_report)
     report.unreadable.sort(key=lambda entry: entry[0])
-    report.unpaired = unpaired
+    report.unpaired = list(unpaired)
     report.raise_if_strict(strict)
     good_images, good_labels = set(good_images), set(good_labels)
     pairs = [(image, label) for image, label in pairs if image in good_images and label in good_labels]
     if not pairs:
-        raise ValueError(f"no image in {images_dir!r} and its label PNG in {labels_dir!r} both decode (e.g. "
-                         f"{report.unreadable[0][0]}: {report.unreadable[0][1]}).")
+        raise ValueError(f"no image {where} both decode (e.g. {report.unreadable[0][0]}: "
+                         f"{report.unreadable[0][1]}).")
     check_folder_pairs(pairs, num_classes)
 
     def load(image_path, label_path):
@@ -135,8 +146,67 @@ def folder_split(images_dir, labels_dir, num_classes, class_names=None, strict=F
 
     ds = tf.data.Dataset.from_tensor_slices(tuple(map(list, zip(*pairs))))
     ds = ds.map(without_autograph(load), tf.data.AUTOTUNE)
-    names = class_names or [f"class_{i}" for i in range(num_classes)]
-    return Split(ds, len(pairs), num_classes, names, check=report)
+    return Split(ds, len(pairs), num_classes, list(class_names), check=report)
+
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+VOC_LABELS, VOC_AUGMENTED_LABELS = "SegmentationClass", "SegmentationClassAug"
+VOC_HELP = ("PASCAL VOC 2012 is read from the devkit folder users download (host.robots.ox.ac.uk/pascal/VOC/voc2012, "
+            "VOCtrainval_11-May-2012.tar): --data-dir is the folder holding VOCdevkit/VOC2012 (or VOC2012 itself); "
+            "the SBD augmented labels (DeepLab's train_aug) go in VOC2012/SegmentationClassAug with their list "
+            "ImageSets/Segmentation/train_aug.txt.")
+
+
+def voc_palette():
+    """The VOC colour map (256 x 3 uint8): class i's colour from the bits of i, as the devkit's
+    ``VOClabelcolormap``; index 255 (ignore, the object borders) is (224, 224, 192)."""
+    palette = np.zeros((256, 3), np.uint8)
+    for index in range(256):
+        value, colour = index, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        palette[index] = colour
+    return palette
+
+
+def voc_root(data_dir):
+    """The VOC2012 folder in ``data_dir`` (itself, VOC2012/ or VOCdevkit/VOC2012/)."""
+    for candidate in (data_dir, os.path.join(data_dir, "VOC2012"), os.path.join(data_dir, "VOCdevkit", "VOC2012")):
+        if os.path.isdir(os.path.join(candidate, "JPEGImages")):
+            return candidate
+    raise ValueError(f"`--data-dir` {data_dir!r} has no VOCdevkit/VOC2012/JPEGImages. {VOC_HELP}")
+
+
+def voc_split(data_dir, split="train", labels=VOC_LABELS, strict=False, check_cache=None):
+    """A PASCAL VOC 2012 segmentation split from the devkit layout: the image ids of
+    ``ImageSets/Segmentation/<split>.txt``, images ``JPEGImages/<id>.jpg``, labels
+    ``<labels>/<id>.png`` (palette PNGs: the indices are the 21 class ids, 255 the
+    ignored object borders; ``SegmentationClassAug``'s grey PNGs hold the same ids).
+
+    A list naming a missing image or label raises ``ValueError`` naming it; unreadable
+    files are skipped and reported as in ``folder_split`` (or raise with ``strict``).
+    """
+    root = voc_root(data_dir)
+    list_file = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
+    if not os.path.isfile(list_file):
+        found = sorted(f[:-4] for f in os.listdir(os.path.dirname(list_file)) if f.endswith(".txt")) \
+            if os.path.isdir(os.path.dirname(list_file)) else []
+        raise ValueError(f"no list {list_file} for the VOC split {split!r}; the devkit has {found}. {VOC_HELP}")
+    with open(list_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    pairs = [(os.path.join(root, "JPEGImages", f"{name}.jpg"), os.path.join(root, labels, f"{name}.png"))
+             for name in ids]
+    for image, label in pairs:
+        for path in (image, label):
+            if not os.path.isfile(path):
+                raise ValueError(f"{list_file} names {os.path.basename(path)[:-4]!r} but {path} does not exist. "
+                                 f"{VOC_HELP}")
+    return paired_split(pairs, len(VOC_CLASSES), VOC_CLASSES, strict=strict, check_cache=check_cache,
+                        where=f"of {list_file} and its label in {os.path.join(root, labels)}")
 
 
 LABEL_PNG_MODES = ("L", "P")  # 8-bit grey, 8-bit palette
@@ -210,20 +280,37 @@ def random_scale_crop_flip(image, label, crop_size, scale_range=(0.5, 2.0), seed
     return both[..., :3], tf.cast(both[..., 3:], tf.int32)
 
 
+def pad_to(image, label, size):
+    """DeepLab's evaluation input: the image (shrunk to fit, keeping its aspect, only if
+    larger) padded at the bottom and right to ``size`` with ``MEAN_PIXEL``, the label
+    with ``IGNORE_LABEL``: every labelled pixel is scored at its own resolution."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(1.0, tf.reduce_min(tf.constant(size, tf.float32) / shape))
+    fitted = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, fitted, method="bilinear")
+    label = tf.image.resize(label, fitted, method="nearest")
+    paddings = [[0, size[0] - fitted[0]], [0, size[1] - fitted[1]], [0, 0]]
+    return (tf.pad(image, paddings, constant_values=MEAN_PIXEL),
+            tf.pad(label, paddings, constant_values=IGNORE_LABEL))
+
+
 def make_pipeline(split, *, training, batch_size, crop_size=None, scale_range=(0.5, 2.0), eval_size=None,
-                  shuffle_buffer=256, deterministic=False, seed=0):
+                  eval_pad=False, shuffle_buffer=256, deterministic=False, seed=0):
     """Batched ``(float32 [0, 255] (B, h, w, 3), int32 (B, h, w, 1))``.
 
     Training: shuffled (``shuffle_buffer`` decoded examples; keep it small for
     large images), augmented (``random_scale_crop_flip`` to ``crop_size``),
-    repeated. Evaluation: full images (or resized to ``eval_size``; labels by
-    nearest neighbour), not repeated.
+    repeated. Evaluation: full images, resized to ``eval_size`` (labels by nearest
+    neighbour) or with ``eval_pad`` padded to it (``pad_to``, DeepLab's VOC
+    evaluation), not repeated.
     """
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
         label = check_labels(label, split.num_classes)
         if training:
             image, label = random_scale_crop_flip(image, label, crop_size, scale_range, seed)
+        elif eval_size is not None and eval_pad:
+            image, label = pad_to(image, label, eval_size)
         elif eval_size is not None:
             image = tf.image.resize(image, eval_size, method="bilinear")
             label = tf.image.resize(label, eval_size, method="nearest")

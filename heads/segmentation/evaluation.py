@@ -8,7 +8,7 @@ larger), then a streaming confusion matrix (``metrics.ConfusionMatrix``) gives m
     >>> evaluator(trained)          # {"miou": ..., "pixel_accuracy": ...}
 """
 
-from mobilenet_tf.heads.lraspp import metrics as seg_metrics
+from mobilenet_tf.heads.segmentation import metrics as seg_metrics
 
 
 class Evaluator:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mobilenet_tf.heads.lraspp.data import IGNORE_LABEL
+from mobilenet_tf.heads.segmentation.data import IGNORE_LABEL
 
 
 def palette_for(num_classes, palette=None):

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf._keras import keras
-from mobilenet_tf.heads.lraspp.data import IGNORE_LABEL
+from mobilenet_tf.heads.segmentation.data import IGNORE_LABEL
 
 
 def ignore_label_crossentropy(y_true, y_pred):
