@@ -48,14 +48,14 @@ def test_params_and_weight_names_equal_keras_applications(name, alpha):
 
 @pytest.mark.parametrize("name, channels", [
     ("v1", {"C1": 64, "C2": 128, "C3": 256, "C4": 512, "C5": 1024}),
-    ("v2", {"C1": 16, "C2": 24, "C3": 32, "C4": 96, "C4_expand": 576, "C5": 1280}),
-    ("v3_large", {"C1": 16, "C2": 24, "C3": 40, "C4": 112, "C4_expand": 672, "C5": 960}),
-    ("v3_small", {"C1": 16, "C2": 16, "C3": 24, "C4": 48, "C4_expand": 288, "C5": 576}),
+    ("v2", {"C1": 16, "C2": 24, "C3": 32, "C4": 96, "C4_expand": 576, "C5_block": 320, "C5": 1280}),
+    ("v3_large", {"C1": 16, "C2": 24, "C3": 40, "C4": 112, "C4_expand": 672, "C5_block": 160, "C5": 960}),
+    ("v3_small", {"C1": 16, "C2": 16, "C3": 24, "C4": 48, "C4_expand": 288, "C5_block": 96, "C5": 576}),
 ])
 @pytest.mark.slow(seconds=3)
 def test_endpoints_strides_and_channels(name, channels):
     model = mobilenet_tf.build(name, input_shape=(320, 320, 3), include_top=False, return_endpoints=True)
-    strides = {"C1": 2, "C2": 4, "C3": 8, "C4": 16, "C4_expand": 16, "C5": 32}
+    strides = {"C1": 2, "C2": 4, "C3": 8, "C4": 16, "C4_expand": 16, "C5_block": 32, "C5": 32}
     assert set(model.output) == set(channels)
     for key, tensor in model.output.items():
         assert tuple(tensor.shape[1:]) == (320 // strides[key], 320 // strides[key], channels[key]), key

@@ -50,7 +50,8 @@ def test_builders_run_under_tf_keras():
     for name, params in result["params"].items():
         assert params == mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10).count_params(), name
     assert result["endpoints"] == {"C1": [64, 64, 16], "C2": [32, 32, 24], "C3": [16, 16, 40],
-                                   "C4": [8, 8, 112], "C4_expand": [8, 8, 672], "C5": [8, 8, 480]}
+                                   "C4": [8, 8, 112], "C4_expand": [8, 8, 672], "C5_block": [8, 8, 80],
+                                   "C5": [8, 8, 480]}
     assert result["max_diff"] < 1e-4
     assert result["reload_diff"] < 1e-6
     assert result["shuffle_reload_diff"] < 1e-6

@@ -74,24 +74,25 @@ def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
 
 # R-ASPP and ASPP learn these scenes more slowly than LR-ASPP (no stride-8 branch: their
 # logits come from the 8x8 map of a 128 px scene, where LR-ASPP at 96 px gets 12x12 at
-# stride 8): 128 px crops, V3-Small 0.5, 800 scenes x 2 epochs; ASPP with 128 filters on
+# stride 8): 128 px crops, V3-Small 0.5, 800 scenes x 3 epochs; ASPP with 128 filters on
 # C5_block (its 256-filter projection over five branches costs 2x a V3-Small step here)
 # and the synthetic preset's rates 1,2,3 for its 8x8 map. Measured val mIoU after epochs
-# 1-3: R-ASPP 0.618 / 0.784 / 0.812, ASPP 0.595 / 0.786 / 0.796 (width 1.0, 256 filters,
-# on C5: 0.566 / 0.727 / 0.760 and, 128 filters, 0.564 / 0.712 / 0.782; 96 px, 1 epoch:
-# R-ASPP 0.289). Seeded, --deterministic; the 0.6 bar with a 20% margin needs >= 0.72.
+# 1-3: R-ASPP 0.618 / 0.784 / 0.812, ASPP 0.595 / 0.786 / 0.796 (2-epoch runs, whose poly
+# schedule ends sooner: 0.745 and 0.696; width 1.0, 256 filters, on C5: 0.566 / 0.727 /
+# 0.760; 96 px, 1 epoch: R-ASPP 0.289). Seeded, --deterministic; the 0.6 bar with a 20%
+# margin needs >= 0.72.
 DEEPLAB_LEARN = ["--alpha", "0.5", "--crop-size", "128", "--eval-height", "128", "--eval-width", "128",
-                 "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "2",
-                 "--eval-every", "2", "--deterministic"]
+                 "--synthetic-train-examples", "800", "--synthetic-eval-examples", "100", "--epochs", "3",
+                 "--deterministic"]
 
 
-@pytest.mark.slow(seconds=45)
+@pytest.mark.slow(seconds=55)
 @pytest.mark.parametrize("head, args", [("raspp", []), ("aspp", ["--filters", "128", "--feature", "C5_block"])])
 def test_deeplab_heads_learn_the_synthetic_scenes(head, args, tmp_path):
     proc = recipe("--head", head, *args, *DEEPLAB_LEARN, "--no-saved-model", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
-    assert metrics["miou"] >= 0.6, metrics  # measured R-ASPP 0.784, ASPP 0.786
+    assert metrics["miou"] >= 0.6, metrics  # measured R-ASPP 0.812, ASPP 0.796
     assert (metrics["head"], metrics["output_stride"], metrics["backbone"]) == (head, 16, "v3_small")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["atrous_rates"] == "1,2,3" and config["filters"] == (128 if head == "aspp" else None)

@@ -11,3 +11,4 @@ evaluation and multi-scale + flip inference.
 from mobilenet_tf.heads.segmentation.aspp import aspp_head  # noqa: F401
 from mobilenet_tf.heads.segmentation.lraspp import lraspp_head  # noqa: F401
 from mobilenet_tf.heads.segmentation.model import HEADS, build_lraspp, build_segmentation  # noqa: F401
+from mobilenet_tf.heads.segmentation.multiscale import MultiScaleFlip  # noqa: F401
