@@ -92,7 +92,8 @@ class Config(config_lib.RunOptions):
                                            default_text="yes for MobileNetV3, no for V1/V2")
     filters: Optional[int] = field(None, "head filters (V3 Table 7)", choices=[128, 256],
                                    default_text="128 for lraspp, 256 for raspp / aspp")
-    pooling: str = field("paper", "paper (large-kernel average pooling) | global", choices=list(segmentation.model.POOLINGS))
+    pooling: str = field("paper", "paper (large-kernel average pooling) | global",
+                         choices=list(segmentation.model.POOLINGS))
     dataset: Optional[str] = field(None, "synthetic | cityscapes | voc | folder",
                                    choices=["synthetic", "cityscapes", "voc", "folder"],
                                    default_text="cityscapes with --data-dir, else synthetic")

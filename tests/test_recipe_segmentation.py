@@ -118,7 +118,7 @@ def test_voc_devkit_trains_and_evaluates_with_multi_scale_and_flip(tmp_path):
     evaluation padded to the evaluation size, and the V2 paper's MF evaluation."""
     voc_devkit(tmp_path / "voc", train=6, val=2, augmented=True)
     proc = in_process("--dataset", "voc", "--data-dir", str(tmp_path / "voc"), "--voc-augmented", "--eval-mf",
-                      "--alpha", "0.35", "--crop-size", "48", "--eval-height", "64", "--eval-width", "64",
+                      "--alpha", "0.35", "--crop-size", "32", "--eval-height", "32", "--eval-width", "32",
                       "--epochs", "1", "--global-batch-size", "2", "--eval-batch-size", "2", "--no-saved-model",
                       "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]

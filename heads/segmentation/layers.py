@@ -42,6 +42,4 @@ def upsample(x, factor, size, name, dtype=None):
     x's size times ``factor`` (backbones with "valid" convolutions: SqueezeNet, Xception)."""
     if size and None not in size and (x.shape[1] * factor, x.shape[2] * factor) != tuple(size):
         return layers.Resizing(size[0], size[1], interpolation="bilinear", name=name, dtype=dtype)(x)
-    if factor == 1:
-        return layers.Activation("linear", name=name, dtype=dtype)(x)
     return layers.UpSampling2D(factor, interpolation="bilinear", name=name, dtype=dtype)(x)
