@@ -166,6 +166,8 @@ class Segmentation(recipe.Recipe):
             if not rates or min(rates) < 1:
                 raise ValueError(f"`--atrous-rates` must be positive integers separated by commas, e.g. 6,12,18; "
                                  f"got {config.atrous_rates!r}.")
+        if config.dataset == "voc" and not config.data_dir:
+            raise ValueError(f"`--dataset voc` needs --data-dir. {data.VOC_HELP}")
         if config.dataset != "voc" and config.voc_augmented:
             raise ValueError("`--voc-augmented` applies to --dataset voc.")
         if config.dataset == "folder":

@@ -156,6 +156,12 @@ def test_bad_input_fails_before_training(args, message, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
+def test_voc_without_data_dir_says_where_the_devkit_goes(tmp_path):
+    proc = run_refusal("recipes/segmentation.py", "--dataset", "voc", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "`--dataset voc` needs --data-dir" in proc.stderr, proc.stderr[-2000:]
+    assert "VOCdevkit/VOC2012" in proc.stderr and not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow(seconds=5)
 def test_the_script_exits_2_on_bad_input_in_its_own_process_also_under_its_first_name(tmp_path):
     proc = run_script("recipes/lraspp_cityscapes.py", "--eval-only", "--output-dir", str(tmp_path / "run"))
