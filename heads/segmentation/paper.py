@@ -69,18 +69,16 @@ def deeplab_madds(model, crop=DEEPLAB_CROP, scales=(1.0,), flip=False):
     (``(size - 1) // stride + 1``, "SAME" padding), and a dilated convolution's to the
     map padded to a multiple of its rate (space-to-batch)."""
     size = model.input_shape[1]
+    # (MAdds, output height at `size`, dilation rate) of every counted layer
+    layers = [(row.madds, row.output_shape[1], getattr(model.get_layer(row.name), "dilation_rate", (1, 1))[0])
+              for row in mobilenet_tf.profile(model).layers if row.madds]
     total = 0
     for scale in scales:
         image = int((crop - 1) * scale + 1)  # DeepLab's scale_dimension
-        for row in mobilenet_tf.profile(model).layers:
-            if not row.madds:
-                continue
-            height = row.output_shape[1]
-            stride = size // height
-            deeplab = (image - 1) // stride + 1
-            rate = getattr(model.get_layer(row.name), "dilation_rate", (1, 1))[0]
+        for madds, height, rate in layers:
+            deeplab = (image - 1) // (size // height) + 1  # the map at this layer's stride
             computed = math.ceil(deeplab / rate) * rate
-            total += row.madds * (computed / height) ** 2
+            total += madds * (computed / height) ** 2
     return total * (2 if flip else 1)
 
 
