@@ -158,14 +158,7 @@ class Segmentation(recipe.Recipe):
         if config.feature is not None and config.feature not in endpoints:
             raise ValueError(f"`--feature` {config.feature!r} is not an endpoint of {config.backbone!r}; it has "
                              f"{endpoints} (C5_block: V2 / V3 only).")
-        if config.atrous_rates is not None:
-            try:
-                rates = tuple(int(rate) for rate in config.atrous_rates.split(","))
-            except ValueError:
-                rates = ()
-            if not rates or min(rates) < 1:
-                raise ValueError(f"`--atrous-rates` must be positive integers separated by commas, e.g. 6,12,18; "
-                                 f"got {config.atrous_rates!r}.")
+        parse_atrous_rates(config.atrous_rates)  # a bad list -> ValueError
         if config.dataset == "voc" and not config.data_dir:
             raise ValueError(f"`--dataset voc` needs --data-dir. {data.VOC_HELP}")
         if config.dataset != "voc" and config.voc_augmented:
@@ -231,8 +224,7 @@ class Segmentation(recipe.Recipe):
 
     def atrous_rates(self):
         """ASPP's rates from --atrous-rates (None: the head's default for the output stride)."""
-        rates = self.config.atrous_rates
-        return tuple(int(rate) for rate in rates.split(",")) if rates and self.config.head == "aspp" else None
+        return parse_atrous_rates(self.config.atrous_rates) if self.config.head == "aspp" else None
 
     def eval_pipeline(self, split, batch_size):
         return data.make_pipeline(split, training=False, batch_size=batch_size,
@@ -299,6 +291,20 @@ class Segmentation(recipe.Recipe):
         mf = f"  multi-scale + flip mIoU {metrics['mf']['miou']:.4f}" if "mf" in metrics else ""
         return (f"mIoU {metrics['miou']:.4f}{mf}  pixel accuracy {metrics['pixel_accuracy']:.4f}  "
                 + super().summary(metrics))
+
+
+def parse_atrous_rates(text):
+    """"6,12,18" -> (6, 12, 18); None -> None; ``ValueError`` for anything but positive integers."""
+    if text is None:
+        return None
+    try:
+        rates = tuple(int(rate) for rate in text.split(","))
+    except ValueError:
+        rates = ()
+    if not rates or min(rates) < 1:
+        raise ValueError(f"`--atrous-rates` must be positive integers separated by commas, e.g. 6,12,18; "
+                         f"got {text!r}.")
+    return rates
 
 
 Config, resolve, main, get_args_parser, cli = recipe.script(Segmentation)
