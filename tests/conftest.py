@@ -17,8 +17,25 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from mobilenet_tf import registry  # noqa: E402
+from mobilenet_tf.training import strategy  # noqa: E402
+
+# Two logical CPU devices in every test process, before anything touches a device, so that
+# `--strategy mirrored --num-cpu-devices 2` recipe runs need no fresh process; the default
+# strategy (every other test) places everything on the first one.
+MIRRORED_CPUS = 2
+strategy.split_cpu(MIRRORED_CPUS)
+
+
+@pytest.fixture(autouse=True)
+def _own_collective_keys():
+    """A MirroredStrategy's collective ops are keyed from 1 in every instance: a second
+    strategy over the same CPUs in one process reused the first one's keys and failed
+    ("Shape mismatch in the collective instance 100"). Each test starts past the last
+    one's keys (``_collective_key_base``, which TensorFlow sets only in its tests)."""
+    tf.distribute.MirroredStrategy._collective_key_base += 10_000
 
 # Every (registry name, alpha) keras.applications publishes ImageNet weights for, among
 # the families with a width multiplier: derived from the registry's records.
@@ -88,8 +105,8 @@ _RECIPES = {}
 def run_recipe_in_process(script, *args):
     """Run ``recipes/<script>``'s command line in this process: no interpreter and
     TensorFlow start-up (about 6 s a run in the suite). For refusals and for runs that need
-    no fresh process (not: logical CPU devices, a kill, several workers, ``--deterministic``,
-    which stays on for the process). A ``CompletedProcess`` with the exit code and the
+    no fresh process (not: a kill, several workers, ``--deterministic``, which stays on for
+    the process; ``--num-cpu-devices 2`` is fine: the suite's processes have two). A ``CompletedProcess`` with the exit code and the
     captured stdout / stderr, like ``run_script``'s. Exceptions other than ``SystemExit``
     propagate (a traceback fails the test)."""
     if script not in _RECIPES:
@@ -108,11 +125,6 @@ def run_recipe_in_process(script, *args):
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
-def run_refusal(script, *args):
-    """A recipe command line expected to be refused: in this process, or in a fresh one
-    when it sets up logical CPU devices (possible only before TensorFlow starts)."""
-    run = run_script if "--num-cpu-devices" in args else run_recipe_in_process
-    return run(script, *args)
 
 
 def h5_arrays(path):

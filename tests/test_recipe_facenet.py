@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
+from conftest import read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import facenet
@@ -134,12 +134,12 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
     (["--eval-only"], "--eval-only` needs --weights"),
     (["--mining", "semi_hard", "--distill-weight", "0", "--triplet-weight", "0"], "not both 0"),
     pytest.param(["--strategy", "mirrored", "--num-cpu-devices", "2", "--identities-per-batch", "3"],
-                 "whole identities", marks=pytest.mark.slow(seconds=6)),  # a fresh process (logical devices)
+                 "whole identities"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=16).save(tmp_path / "teacher.keras")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    proc = run_refusal("recipes/facenet_distill.py", *args, "--output-dir", str(tmp_path / "run"))
+    proc = run_recipe_in_process("recipes/facenet_distill.py", *args, "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
@@ -151,13 +151,13 @@ def test_mirrored_on_two_cpu_devices_and_resume_keeps_the_teacher(tmp_path):
     args = [*TINY, "--synthetic-train-identities", "20", "--synthetic-eval-identities", "20",
             "--synthetic-images-per-identity", "4", "--strategy", "mirrored", "--num-cpu-devices", "2",
             "--output-dir", str(run_dir)]
-    proc = recipe(*args)
+    proc = in_process(*args)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["replicas"] == 2 and metrics["epochs"] == 1 and metrics["num_pairs"] > 0
     teacher_time = (run_dir / "teacher" / "teacher.keras").stat().st_mtime
     # A rerun of an unfinished run (metrics.json gone) reuses the finished teacher (a resume
-    # may change the strategy: this one runs in the test's process, on one device).
+    # may change the strategy: this one runs on the default strategy, one device).
     (run_dir / "metrics.json").unlink()
     again = in_process(*args[:args.index("--strategy")], "--output-dir", str(run_dir))
     assert again.returncode == 0, again.stderr[-3000:]

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import (assert_same_detections, one_worker_tf_config, read_history, read_metrics,
-                      run_recipe_in_process, run_refusal, run_script)
+                      run_recipe_in_process, run_script)
 from mobilenet_tf.heads.faster_rcnn import data, model as frcnn
 from mobilenet_tf.heads.ssdlite import coco_eval, data as ssd_data, evaluation
 
@@ -152,7 +152,7 @@ def test_synthetic_preset_learns(tmp_path):
     (["--tflite", "fp32"], "only with Select TF ops (CombinedNonMaxSuppression, CropAndResize)"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    proc = run_refusal(SCRIPT, *args, "--output-dir", str(tmp_path / "run"))
+    proc = run_recipe_in_process(SCRIPT, *args, "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
 
@@ -197,7 +197,7 @@ def test_tiny_run_writes_coco_json_the_detector_eval_only_agrees_and_a_kill_resu
 
 @pytest.mark.slow(seconds=60)
 def test_mirrored_on_two_cpu_devices(tmp_path):
-    proc = run_script(SCRIPT, *TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+    proc = run_recipe_in_process(SCRIPT, *TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                       "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")

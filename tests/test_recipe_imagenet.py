@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_refusal, run_script
+from conftest import h5_arrays, read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf._keras import keras
 from mobilenet_tf.training import schedules
 
@@ -150,11 +150,11 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
 
 @pytest.mark.slow(seconds=73)
 def test_mirrored_over_two_logical_cpus(tmp_path):
-    proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+    proc = in_process(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_metrics(tmp_path / "run")["replicas"] == 2
-    odd = recipe(*TINY, "--strategy", "mirrored", "--num-cpu-devices", "2", "--global-batch-size", "33",
+    odd = in_process(*TINY, "--strategy", "mirrored", "--num-cpu-devices", "2", "--global-batch-size", "33",
                  "--output-dir", str(tmp_path / "odd"))
     assert odd.returncode == 2 and "not divisible by the 2 replicas" in odd.stderr
 
@@ -185,7 +185,7 @@ def _free_ports(n):
     (["--calibration-images", "0"], "`--calibration-images` must be >= 1"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    proc = run_refusal("recipes/imagenet.py", *args, "--data-dir", str(tmp_path / "tfds"),
+    proc = run_recipe_in_process("recipes/imagenet.py", *args, "--data-dir", str(tmp_path / "tfds"),
                        "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "history.csv").exists()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import read_metrics, run_recipe_in_process, run_refusal, run_script
+from conftest import read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf import export
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads.segmentation import data
@@ -100,7 +100,7 @@ def test_deeplab_heads_learn_the_synthetic_scenes(head, args, tmp_path):
 
 @pytest.mark.slow(seconds=37)
 def test_mirrored_on_two_cpu_devices(tmp_path):
-    proc = recipe(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+    proc = in_process(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
@@ -150,14 +150,14 @@ def test_voc_devkit_trains_and_evaluates_with_multi_scale_and_flip(tmp_path):
     (["--dataset", "voc"], "has no VOCdevkit/VOC2012/JPEGImages"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    proc = run_refusal("recipes/segmentation.py", *args, "--data-dir", str(tmp_path / "tfds"),
+    proc = run_recipe_in_process("recipes/segmentation.py", *args, "--data-dir", str(tmp_path / "tfds"),
                        "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
 def test_voc_without_data_dir_says_where_the_devkit_goes(tmp_path):
-    proc = run_refusal("recipes/segmentation.py", "--dataset", "voc", "--output-dir", str(tmp_path / "run"))
+    proc = run_recipe_in_process("recipes/segmentation.py", "--dataset", "voc", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and "`--dataset voc` needs --data-dir" in proc.stderr, proc.stderr[-2000:]
     assert "VOCdevkit/VOC2012" in proc.stderr and not (tmp_path / "run").exists()
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_refusal, run_script
+from conftest import one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
@@ -162,7 +162,7 @@ def test_head_ssd_takes_the_v1_ssd_config():
 @pytest.mark.slow(seconds=58)
 def test_mirrored_ssd_head_with_hard_negative_mining(tmp_path):
     """SSD 300's head (regular convolutions) on two replicas, with the softmax loss."""
-    proc = recipe(*TINY, "--head", "ssd", "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
+    proc = in_process(*TINY, "--head", "ssd", "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--loss", "hard_negative_mining", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
@@ -199,7 +199,7 @@ def test_multi_worker_loop_trains_the_dict_loss(tmp_path):
     (["--dataset", "synthetic", "--data-dir", "somewhere"], "drop --data-dir to train on synthetic data"),
 ])
 def test_bad_input_fails_before_training(args, message, tmp_path):
-    proc = run_refusal("recipes/ssdlite_coco.py", *args, "--output-dir", str(tmp_path / "run"))
+    proc = run_recipe_in_process("recipes/ssdlite_coco.py", *args, "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 

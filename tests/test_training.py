@@ -73,6 +73,21 @@ def test_strategy_errors(monkeypatch):
     assert strategy_lib.per_replica_batch(64, default) == 64 and strategy_lib.is_chief(default)
 
 
+def test_logical_cpus_are_split_once_and_used_only_when_asked():
+    """The suite's processes hold two logical CPUs (conftest): asking for two again is
+    fine, for another count is refused; `auto` mirrors over them only when asked to."""
+    from conftest import MIRRORED_CPUS
+
+    assert len(tf.config.list_logical_devices("CPU")) == MIRRORED_CPUS
+    strategy_lib.split_cpu(MIRRORED_CPUS)
+    with pytest.raises(ValueError, match="must be set before TensorFlow initialises its devices"):
+        strategy_lib.split_cpu(MIRRORED_CPUS + 1)
+    assert strategy_lib.get_strategy("auto").num_replicas_in_sync == 1
+    assert strategy_lib.get_strategy("auto", num_cpu_devices=2).num_replicas_in_sync == 2
+    with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
+        strategy_lib.per_replica_batch(33, strategy_lib.get_strategy("mirrored"))
+
+
 def test_synthetic_data_is_reproducible_balanced_and_varied():
     a = list(synthetic.synthetic_classification(20, 32, 10, seed=3).as_numpy_iterator())
     b = list(synthetic.synthetic_classification(20, 32, 10, seed=3).as_numpy_iterator())

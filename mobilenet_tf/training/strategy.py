@@ -21,6 +21,8 @@ def split_cpu(num_devices):
     if num_devices <= 1:
         return
     cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or ()) == num_devices:
+        return  # split so already (e.g. by a test suite that runs mirrored recipes in its own process)
     try:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)])
@@ -79,8 +81,8 @@ def get_strategy(name="auto", num_cpu_devices=0):
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus]) if len(gpus) > 1 or name == "mirrored" \
             else tf.distribute.get_strategy()
-    if len(cpus) > 1 or name == "mirrored":
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    if num_cpu_devices > 1 or name == "mirrored":
+        return tf.distribute.MirroredStrategy([d.name for d in (cpus[:num_cpu_devices] if num_cpu_devices else cpus)])
     return tf.distribute.get_strategy()
 
 
