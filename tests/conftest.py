@@ -18,15 +18,19 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import config as tf_config  # noqa: E402  (disable_op_determinism)
 
 from mobilenet_tf import registry  # noqa: E402
 from mobilenet_tf.training import strategy  # noqa: E402
 
 # Two logical CPU devices in every test process, before anything touches a device, so that
 # `--strategy mirrored --num-cpu-devices 2` recipe runs need no fresh process; the default
-# strategy (every other test) places everything on the first one.
+# strategy (every other test) places everything on the first one. And one inter-op thread,
+# what `--deterministic` asks for (strategy.set_seeds; settable only before TensorFlow
+# initialises), so that seeded, deterministic learning runs need none either.
 MIRRORED_CPUS = 2
 strategy.split_cpu(MIRRORED_CPUS)
+tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -104,9 +108,10 @@ _RECIPES = {}
 
 def run_recipe_in_process(script, *args):
     """Run ``recipes/<script>``'s command line in this process: no interpreter and
-    TensorFlow start-up (about 6 s a run in the suite). For refusals and for runs that need
-    no fresh process (not: a kill, several workers, ``--deterministic``, which stays on for
-    the process; ``--num-cpu-devices 2`` is fine: the suite's processes have two). A ``CompletedProcess`` with the exit code and the
+    TensorFlow start-up (about 6 s a run in the suite). Any run but a killed one or one of
+    several workers: the suite's processes have what ``--num-cpu-devices 2`` and
+    ``--deterministic`` need (above), and op determinism, which a deterministic run turns
+    on, is turned off again after it. A ``CompletedProcess`` with the exit code and the
     captured stdout / stderr, like ``run_script``'s. Exceptions other than ``SystemExit``
     propagate (a traceback fails the test)."""
     if script not in _RECIPES:
@@ -122,6 +127,8 @@ def run_recipe_in_process(script, *args):
             _RECIPES[script].cli(list(args))
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            tf_config.disable_op_determinism()  # (--deterministic) off again for the tests after it
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 

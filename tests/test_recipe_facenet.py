@@ -47,7 +47,7 @@ LEARN = ["--input-size", "48", "--epochs", "5", "--teacher-epochs", "5", "--eval
 @pytest.mark.slow(seconds=390)
 def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2")
+    proc = in_process(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32", "--verbose", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     # Without lr warmup the teacher's triplet loss sometimes sat on its plateau for two

@@ -129,7 +129,7 @@ LEARN = ["--epochs", "3", "--eval-every", "3", "--global-batch-size", "8", "--de
 @pytest.mark.slow(seconds=300)
 def test_synthetic_preset_learns(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_script(SCRIPT, *LEARN, "--no-saved-model", "--output-dir", str(run_dir))
+    proc = run_recipe_in_process(SCRIPT, *LEARN, "--no-saved-model", "--output-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured AP50 0.668, AP 0.391

@@ -41,7 +41,7 @@ LEARN = ["--crop-size", str(SIZE), "--eval-height", str(SIZE), "--eval-width", s
 @pytest.mark.slow(seconds=150)
 def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    proc = in_process(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["miou"] >= 0.6, metrics  # measured 0.8688
@@ -89,7 +89,7 @@ DEEPLAB_LEARN = ["--alpha", "0.5", "--crop-size", "128", "--eval-height", "128",
 @pytest.mark.slow(seconds=55)
 @pytest.mark.parametrize("head, args", [("raspp", []), ("aspp", ["--filters", "128", "--feature", "C5_block"])])
 def test_deeplab_heads_learn_the_synthetic_scenes(head, args, tmp_path):
-    proc = recipe("--head", head, *args, *DEEPLAB_LEARN, "--no-saved-model", "--output-dir", str(tmp_path / "run"))
+    proc = in_process("--head", head, *args, *DEEPLAB_LEARN, "--no-saved-model", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
     assert metrics["miou"] >= 0.6, metrics  # measured R-ASPP 0.812, ASPP 0.796

@@ -63,7 +63,7 @@ def _assert_tflite_equals_keras(path, model, images, threshold=0.3):
 @pytest.mark.slow(seconds=280)
 def test_synthetic_preset_learns_and_exports(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
+    proc = in_process(*LEARN, "--no-saved-model", "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.5 and metrics["map"] >= 0.2, metrics  # measured AP50 0.740, AP 0.451
@@ -126,7 +126,7 @@ SSD_LEARN = ["--head", "ssd", "--epochs", "3", "--eval-every", "3", "--global-ba
 @pytest.mark.slow(seconds=207)
 def test_ssd_head_preset_learns(tmp_path):
     run_dir = tmp_path / "run"
-    proc = recipe(*SSD_LEARN, "--no-saved-model", "--output-dir", str(run_dir))
+    proc = in_process(*SSD_LEARN, "--no-saved-model", "--output-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     assert metrics["map50"] >= 0.25 and metrics["map"] >= 0.1, metrics  # measured AP50 0.525, AP 0.262
