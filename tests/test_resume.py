@@ -330,8 +330,7 @@ def test_scheduled_evaluation_skips_epochs_and_needs_no_first_pass_when_keys_are
 def test_best_checkpoint_ignores_epochs_that_were_not_evaluated(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "best.weights.h5"
-    checkpoint = fit._Checkpoint(str(path), monitor="val_score", mode="max", save_best_only=True,
-                                 save_weights_only=True)
+    checkpoint = fit._Checkpoint(str(path), fit._WeightsFiles(), monitor="val_score", mode="max", save_best_only=True)
     checkpoint.set_model(model)
     saved = []
     for epoch, score in enumerate([float("nan"), 0.5, float("nan"), 0.4, 0.7]):
@@ -342,3 +341,28 @@ def test_best_checkpoint_ignores_epochs_that_were_not_evaluated(tmp_path):
             probe.load_weights(path)
             saved.append(float(probe.layers[0].bias.numpy()[0]))
     assert saved == [1.0, 1.0, 1.0, 4.0]  # the NaN epoch 0 never saved; 0.4 is no improvement on 0.5
+
+
+def test_weights_files_are_written_once_per_step_and_copied(tmp_path, monkeypatch):
+    """The epoch's checkpoints and backup share one save_weights while the model holds the
+    same weights; a training step or swapping the EMA in writes anew."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    swap = keras.callbacks.SwapEMAWeights()
+    files, saves = fit._WeightsFiles(swap), []
+    monkeypatch.setattr(model, "save_weights", lambda path, overwrite: (saves.append(path),
+                                                                        keras.Model.save_weights(model, path)))
+    x, y = np.ones((4, 2), "float32"), np.zeros((4, 1), "float32")
+    model.fit(x, y, epochs=1, verbose=0)
+    names = ["last", "best", "backup"]
+    for name in names:
+        files.save(model, str(tmp_path / f"{name}.weights.h5"))
+    assert saves == [str(tmp_path / "last.weights.h5")]
+    assert all(np.array_equal(a, b) for name in names[1:]
+               for a, b in zip(h5_arrays(tmp_path / "last.weights.h5"), h5_arrays(tmp_path / f"{name}.weights.h5")))
+    swap._ema_weights_in_model = True  # (what SwapEMAWeights' swap sets)
+    files.save(model, str(tmp_path / "ema.weights.h5"))
+    swap._ema_weights_in_model = False
+    model.fit(x, y, epochs=1, verbose=0)
+    files.save(model, str(tmp_path / "next.weights.h5"))
+    assert saves[1:] == [str(tmp_path / "ema.weights.h5"), str(tmp_path / "next.weights.h5")]
