@@ -50,7 +50,7 @@ SCRIPT = f"NAMES = {NAMES!r}\n" + textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow(seconds=88)
+@pytest.mark.slow(seconds=30)
 def test_builders_run_under_tf_keras():
     result = run_legacy_keras(SCRIPT)
     assert sorted(result["params"]) == sorted(NAMES)

@@ -54,7 +54,8 @@ def test_synthetic_preset_distils_a_student_close_to_its_teacher(tmp_path):
     # epochs (seed 1: teacher 0.8755, student AUC 0.9186; seed 0 on an AMD EPYC CI
     # machine: teacher 0.8685, student AUC 0.910, VAL 0.011). With the synthetic preset's
     # 1-epoch warmup and the width-1.0 teacher, measured (student / teacher / student AUC /
-    # VAL@FAR=1e-3): seed 0 (this test's) 0.8985 / 0.9223 / 0.9553 / 0.043, seed 1
+    # VAL@FAR=1e-3): seed 0 (this test's) 0.8985 / 0.9223 / 0.9553 / 0.043 (on another
+    # machine 0.8923 / 0.9078 / 0.9489 / 0.048, in the test's process as in a fresh one), seed 1
     # 0.8943 / 0.8975 / 0.9525 / 0.026, seed 2 0.8957 / 0.9072 / 0.9488 / 0.054. An
     # untrained model scores VAL about 0.001 and AUC about 0.5.
     assert metrics["student_accuracy"] >= 0.85, metrics
@@ -145,7 +146,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
-@pytest.mark.slow(seconds=145)
+@pytest.mark.slow(seconds=50)
 def test_mirrored_on_two_cpu_devices_and_resume_keeps_the_teacher(tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY, "--synthetic-train-identities", "20", "--synthetic-eval-identities", "20",

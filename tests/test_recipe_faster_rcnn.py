@@ -195,7 +195,7 @@ def test_tiny_run_writes_coco_json_the_detector_eval_only_agrees_and_a_kill_resu
     assert len(read_history(run_dir)["loss"]) == 2 and read_metrics(run_dir)["epochs"] == 2
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=20)
 def test_mirrored_on_two_cpu_devices(tmp_path):
     proc = run_recipe_in_process(SCRIPT, *TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                       "--output-dir", str(tmp_path / "run"))

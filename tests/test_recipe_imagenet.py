@@ -42,7 +42,7 @@ def test_synthetic_preset_learns_and_writes_the_run_directory(tmp_path):
     proc = in_process(*LEARN, "--output-dir", str(run_dir), "--tflite", "fp32,int8")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
-    assert metrics["top1"] >= 0.9, metrics  # measured 0.990 (int8 agreement 1.0)
+    assert metrics["top1"] >= 0.9, metrics  # measured 0.990 and 1.000 on two machines (int8 agreement 1.0)
     # Post-training int8 of the trained V3-Small: same top-1 as the float model on >= 95%
     # of the synthetic evaluation images, accuracy within 2 points, ~4x smaller file.
     fp32, int8 = metrics["tflite"]["fp32"], metrics["tflite"]["int8"]
@@ -80,7 +80,7 @@ def test_shufflenet_v2_learns_with_the_same_recipe(tmp_path):
                   "--no-saved-model", "--output-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = read_metrics(tmp_path / "run")
-    # measured 0.938; the no-flag preset: 0.977
+    # measured 0.938 and 0.972 on two machines; the no-flag preset: 0.977
     assert metrics["top1"] >= 0.9 and metrics["model"] == "shufflenet_v2_x0_5", metrics
 
 
@@ -89,8 +89,8 @@ def test_mobilenet_v4_learns_with_model_gardens_schedule(tmp_path):
     """v4_conv_small takes its own schedule (AdamW, warmup + cosine, label smoothing,
     dropout 0.3, BN epsilon 1e-6; the synthetic preset's epochs, batch, EMA, BN momentum
     and AdamW lr 4e-3, no RandAugment or mixup) and learns the preset's 3840 images in 3
-    epochs: seeds 0 / 1 measured top-1 0.986 / 0.968 on an AMD EPYC Zen 4 machine; bar
-    0.9 as for the other models (the 20% margin needs >= 0.92)."""
+    epochs: seeds 0 / 1 measured top-1 0.986 / 0.968 on an AMD EPYC Zen 4 machine (seed 0:
+    0.992 on another); bar 0.9 as for the other models (the 20% margin needs >= 0.92)."""
     run_dir = tmp_path / "run"
     proc = in_process("--model", "v4_conv_small", "--synthetic-eval-examples", "500", "--deterministic",
                   "--no-saved-model", "--output-dir", str(run_dir))
@@ -148,7 +148,7 @@ def test_killed_run_resumes_at_the_epoch_it_reached(tmp_path):
     assert read_metrics(run_dir)["epochs"] == 4
 
 
-@pytest.mark.slow(seconds=73)
+@pytest.mark.slow(seconds=30)
 def test_mirrored_over_two_logical_cpus(tmp_path):
     proc = in_process(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))

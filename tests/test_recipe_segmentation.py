@@ -98,7 +98,7 @@ def test_deeplab_heads_learn_the_synthetic_scenes(head, args, tmp_path):
     assert config["atrous_rates"] == "1,2,3" and config["filters"] == (128 if head == "aspp" else None)
 
 
-@pytest.mark.slow(seconds=37)
+@pytest.mark.slow(seconds=20)
 def test_mirrored_on_two_cpu_devices(tmp_path):
     proc = in_process(*TINY, "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
                   "--output-dir", str(tmp_path / "run"))

@@ -159,7 +159,7 @@ def test_head_ssd_takes_the_v1_ssd_config():
     assert (lite.head, lite.backbone, lite.loss, lite.optimizer) == ("ssdlite", "v3_large", "focal", "momentum")
 
 
-@pytest.mark.slow(seconds=58)
+@pytest.mark.slow(seconds=25)
 def test_mirrored_ssd_head_with_hard_negative_mining(tmp_path):
     """SSD 300's head (regular convolutions) on two replicas, with the softmax loss."""
     proc = in_process(*TINY, "--head", "ssd", "--epochs", "1", "--strategy", "mirrored", "--num-cpu-devices", "2",
