@@ -81,8 +81,9 @@ def get_strategy(name="auto", num_cpu_devices=0):
     if gpus:
         return tf.distribute.MirroredStrategy([d.name for d in gpus]) if len(gpus) > 1 or name == "mirrored" \
             else tf.distribute.get_strategy()
-    if num_cpu_devices > 1 or name == "mirrored":
-        return tf.distribute.MirroredStrategy([d.name for d in (cpus[:num_cpu_devices] if num_cpu_devices else cpus)])
+    if num_cpu_devices > 1 or name == "mirrored":  # (a process may hold more logical CPUs than asked for)
+        devices = cpus[:num_cpu_devices] if num_cpu_devices else cpus
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     return tf.distribute.get_strategy()
 
 
