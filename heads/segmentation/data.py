@@ -68,8 +68,10 @@ def map_cityscapes_labels(label):
 
 
 def synthetic_split(training, num_examples, image_size, num_classes=5, seed=0):
+    """Synthetic scenes (``shapes.synthetic_segmentation``), rendered once and cached in
+    memory (S * S * 4 bytes per scene)."""
     ds = shapes.synthetic_segmentation(num_examples, image_size, num_classes, seed=seed + (0 if training else 10_000))
-    return Split(ds, num_examples, num_classes, shapes.class_names(num_classes))
+    return Split(ds.cache(), num_examples, num_classes, shapes.class_names(num_classes))
 
 
 def cityscapes_split(split, data_dir=None, download=True, name="cityscapes/semantic_segmentation"):

@@ -60,11 +60,13 @@ def render_scene(image_size, num_classes, seed, max_objects=MAX_OBJECTS, radius_
     colours = tf.image.hsv_to_rgb(tf.stack([hue, 0.6 + 0.4 * looks[:, 1], 0.6 + 0.4 * looks[:, 2]], axis=-1))
     stripes = 1.0 + 0.15 * tf.sin(2 * math.pi * (3.0 + 5.0 * looks[:, 3, None, None]) * (u + v)[None]
                                   + 6.0 * looks[:, 4, None, None])
-    # Later objects occlude earlier ones: each pixel shows the last slot that covers it.
+    # Later objects occlude earlier ones: each pixel shows the last slot that covers it,
+    # in that slot's colour times its stripes (picked per pixel first, then multiplied:
+    # the same products as painting every slot, a sixth of the work).
     covered = tf.reduce_any(inside, axis=0)
     instance = max_objects - 1 - tf.argmax(tf.cast(tf.reverse(inside, [0]), tf.int32), axis=0, output_type=tf.int32)
-    paint = tf.transpose(colours[:, None, None, :] * stripes[..., None], [1, 2, 0, 3])  # (S, S, N, 3)
-    image = tf.where(covered[..., None], tf.gather(paint, instance, batch_dims=2), image)
+    stripe = tf.gather(tf.transpose(stripes, [1, 2, 0]), instance[..., None], batch_dims=2)  # (S, S, 1)
+    image = tf.where(covered[..., None], tf.gather(colours, instance) * stripe, image)
     label = tf.where(covered, tf.gather(classes, instance), label)
     instance = tf.where(covered, instance, -1)
     image += tf.random.stateless_normal(tf.shape(image), seeds[11], stddev=0.04)
