@@ -115,8 +115,13 @@ def run_recipe_in_process(script, *args):
     with the exit code and the captured stdout / stderr, like ``run_script``'s. Exceptions
     other than ``SystemExit`` propagate (a traceback fails the test)."""
     if script not in _RECIPES:
-        spec = importlib.util.spec_from_file_location(f"recipe_{pathlib.Path(script).stem}", ROOT / script)
+        name = f"recipe_{pathlib.Path(script).stem}"
+        spec = importlib.util.spec_from_file_location(name, ROOT / script)
         module = importlib.util.module_from_spec(spec)
+        # Registered before it runs, as an import would: AutoGraph looks functions' modules
+        # up there. (Unregistered, it could not convert the recipe's own tf.functions: a
+        # warning whose log record kept the whole run alive until the test's teardown.)
+        sys.modules[name] = module
         spec.loader.exec_module(module)
         _RECIPES[script] = module
     out, err = io.StringIO(), io.StringIO()
