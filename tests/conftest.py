@@ -119,7 +119,7 @@ def run_recipe_in_process(script, *args):
         spec = importlib.util.spec_from_file_location(name, ROOT / script)
         module = importlib.util.module_from_spec(spec)
         # Registered before it runs, as an import would: AutoGraph looks functions' modules
-        # up there. (Unregistered, it could not convert the recipe's own tf.functions: a
+        # up there. (Unregistered, it could not convert the recipe's tf.data lambdas: a
         # warning whose log record kept the whole run alive until the test's teardown.)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -62,7 +62,7 @@ def render_scene(image_size, num_classes, seed, max_objects=MAX_OBJECTS, radius_
                                   + 6.0 * looks[:, 4, None, None])
     # Later objects occlude earlier ones: each pixel shows the last slot that covers it,
     # in that slot's colour times its stripes (picked per pixel first, then multiplied:
-    # the same products as painting every slot, a sixth of the work).
+    # the same products as painting every slot, 1 / max_objects of the multiplies).
     covered = tf.reduce_any(inside, axis=0)
     instance = max_objects - 1 - tf.argmax(tf.cast(tf.reverse(inside, [0]), tf.int32), axis=0, output_type=tf.int32)
     stripe = tf.gather(tf.transpose(stripes, [1, 2, 0]), instance[..., None], batch_dims=2)  # (S, S, 1)
