@@ -106,6 +106,30 @@ def run_script(script, *args, env=None, timeout=1800, wait=True):
 _RECIPES = {}
 
 
+def load_recipe(name):
+    """``recipes/<name>.py`` as a module (they are scripts, not a package), loaded once per
+    process and registered in ``sys.modules`` as an import would: AutoGraph looks
+    functions' modules up there (unregistered, it could not convert a recipe's tf.data
+    lambdas: a warning whose log record kept the whole run alive until the test's
+    teardown). ``recipes/compress.py`` sets TF_USE_LEGACY_KERAS for its own process:
+    restored here."""
+    if name not in _RECIPES:
+        legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+        module_name = f"recipe_{name}"
+        spec = importlib.util.spec_from_file_location(module_name, ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            if legacy is None:
+                os.environ.pop("TF_USE_LEGACY_KERAS", None)
+            else:
+                os.environ["TF_USE_LEGACY_KERAS"] = legacy
+        _RECIPES[name] = module
+    return _RECIPES[name]
+
+
 def run_recipe_in_process(script, *args):
     """Run ``recipes/<script>``'s command line in this process: no interpreter and
     TensorFlow start-up (measured: 1.7 s less wall and CPU time a learning run). Any run
@@ -114,22 +138,13 @@ def run_recipe_in_process(script, *args):
     a deterministic run turns on, is turned off again after it. A ``CompletedProcess``
     with the exit code and the captured stdout / stderr, like ``run_script``'s. Exceptions
     other than ``SystemExit`` propagate (a traceback fails the test)."""
-    if script not in _RECIPES:
-        name = f"recipe_{pathlib.Path(script).stem}"
-        spec = importlib.util.spec_from_file_location(name, ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        # Registered before it runs, as an import would: AutoGraph looks functions' modules
-        # up there. (Unregistered, it could not convert the recipe's tf.data lambdas: a
-        # warning whose log record kept the whole run alive until the test's teardown.)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _RECIPES[script] = module
+    module = load_recipe(pathlib.Path(script).stem)
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
             unittest.mock.patch.object(sys, "argv", [str(ROOT / script), *args]):  # messages name the script
         try:
-            _RECIPES[script].cli(list(args))
+            module.cli(list(args))
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
         finally:

@@ -3,34 +3,14 @@ from the preset dicts, no abbreviated flags, every flag and default kept."""
 
 import argparse
 import dataclasses
-import importlib.util
-import os
 import re
 
 import pytest
 
+from conftest import load_recipe
 from mobilenet_tf.training import config as config_lib
 
-RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
 RECIPES = ["imagenet", "segmentation", "facenet_distill", "ssdlite_coco", "faster_rcnn_coco", "compress"]
-_MODULES = {}
-
-
-def load_recipe(name):
-    """recipes/<name>.py as a module (they are scripts, not a package)."""
-    if name not in _MODULES:
-        legacy = os.environ.get("TF_USE_LEGACY_KERAS")
-        spec = importlib.util.spec_from_file_location(f"recipe_{name}", os.path.join(RECIPES_DIR, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        finally:  # recipes/compress.py sets TF_USE_LEGACY_KERAS=1 for its own process
-            if legacy is None:
-                os.environ.pop("TF_USE_LEGACY_KERAS", None)
-            else:
-                os.environ["TF_USE_LEGACY_KERAS"] = legacy
-        _MODULES[name] = module
-    return _MODULES[name]
 
 
 def flag_helps(parser):

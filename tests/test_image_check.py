@@ -2,7 +2,6 @@
 unreadable files are skipped and listed (or refused with --strict-data), verdicts are
 cached, and the ImageNet, FaceNet and LR-ASPP folder readers use it."""
 
-import importlib.util
 import os
 import re
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_recipe_in_process
+from conftest import load_recipe, run_recipe_in_process
 from mobilenet_tf.data import classification, image_check
 from mobilenet_tf.heads.facenet import data as face_data
 from mobilenet_tf.heads.segmentation import data as seg_data
@@ -234,16 +233,9 @@ def test_lraspp_folder_skips_unreadable_and_unpaired_files(tmp_path):
         seg_data.folder_split(images, labels, num_classes=2, strict=True)
 
 
-def _recipe_module(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("recipe, real", [("imagenet", "imagenet2012"), ("segmentation", "cityscapes")])
 def test_data_dir_without_dataset_selects_the_real_dataset(recipe, real, tmp_path):
-    module = _recipe_module(recipe)
+    module = load_recipe(recipe)
     assert module.resolve(module.Config()).dataset == "synthetic"
     assert module.resolve(module.Config(data_dir=str(tmp_path))).dataset == real
     assert module.resolve(module.Config(dataset=real, data_dir=str(tmp_path))).dataset == real

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_script
+from conftest import load_recipe, one_worker_tf_config, read_history, read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import ssdlite
 from mobilenet_tf.heads.ssdlite import coco_eval, data, deploy, matcher
@@ -139,8 +139,6 @@ def test_ssd_head_preset_learns(tmp_path):
 def test_head_ssd_takes_the_v1_ssd_config():
     """``--head ssd`` fills the None flags from ssd_mobilenet_v1_coco.config (with
     --data-dir) or the SSD synthetic preset; flags given stay."""
-    from test_config import load_recipe
-
     module = load_recipe("ssdlite_coco")
     coco = module.resolve(module.Config(head="ssd", data_dir="somewhere"))
     assert (coco.dataset, coco.backbone, coco.alpha, coco.input_size) == ("coco/2017", "v1", 1.0, 300)
