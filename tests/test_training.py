@@ -5,9 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # (disable_op_determinism)
 
 import keras
 import mobilenet_tf
+from mobilenet_tf import data
 from mobilenet_tf.data import classification, synthetic
 from mobilenet_tf.training import config as config_lib, engine, schedules, strategy as strategy_lib
 
@@ -110,6 +112,28 @@ def test_pipeline_shapes_ranges_and_eval_is_deterministic():
     train = classification.make_pipeline(classification.synthetic_split(True, 10, 48), training=True,
                                          batch_size=4, image_size=40)
     assert next(iter(train))[0].shape == (4, 40, 40, 3)  # repeats, drops remainder
+
+
+def test_pipelines_take_the_autotune_setting_and_give_the_same_data_either_way(monkeypatch):
+    split = classification.synthetic_split(True, 12, 48)
+
+    def first_batches(autotune):
+        monkeypatch.setenv(data.AUTOTUNE_ENV, autotune)
+        ds = classification.make_pipeline(split, training=True, batch_size=4, image_size=40, deterministic=True)
+        assert ds.options().autotune.enabled is (autotune == "1") and ds.options().deterministic
+        return [images for images, _ in ds.take(3).as_numpy_iterator()]
+
+    # Under op determinism (`--deterministic`) the random augmentation in parallel maps
+    # draws in a fixed order, whatever the parallelism autotuning picks.
+    tf.config.experimental.enable_op_determinism()
+    try:
+        for on, off in zip(first_batches("1"), first_batches("0")):
+            np.testing.assert_array_equal(on, off)
+    finally:
+        tf_config.disable_op_determinism()
+    monkeypatch.setenv(data.AUTOTUNE_ENV, "no")
+    with pytest.raises(ValueError, match="`MOBILENET_TF_DATA_AUTOTUNE` must be '0' or '1'; got 'no'"):
+        classification.make_pipeline(split, training=False, batch_size=4, image_size=40)
 
 
 def test_folder_dataset(tmp_path):

@@ -22,7 +22,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf.data import classification, identities, image_check, tfds_builder, without_autograph
+from mobilenet_tf.data import classification, finish, identities, image_check, tfds_builder, without_autograph
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LFW_CENTRE_CROP = 0.6  # 150 of LFW's 250 pixels: the face and little background
@@ -436,7 +436,7 @@ def identity_batches(split, identities_per_batch, images_per_identity, image_siz
 
     ds = tf.data.Dataset.counter().map(without_autograph(draw)).unbatch()
     ds = ds.map(without_autograph(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(p * k, drop_remainder=True).map(without_autograph(targets)).prefetch(tf.data.AUTOTUNE)
+    return finish(ds.batch(p * k, drop_remainder=True).map(without_autograph(targets)))
 
 
 def image_batches(split, image_size, batch_size=64, indices=None):
@@ -445,4 +445,4 @@ def image_batches(split, image_size, batch_size=64, indices=None):
     ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int32))
     ds = ds.map(without_autograph(_image_loader(split, image_size)), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return finish(ds.batch(batch_size))

@@ -17,6 +17,8 @@ import weakref
 
 import numpy as np
 
+from mobilenet_tf.data import finish
+
 FARS = (1e-3, 1e-4)
 
 
@@ -30,7 +32,7 @@ def embed(model, images, batch_size=64):
     import tensorflow as tf
 
     if isinstance(images, np.ndarray):
-        images = tf.data.Dataset.from_tensor_slices(images.astype(np.float32)).batch(batch_size)
+        images = finish(tf.data.Dataset.from_tensor_slices(images.astype(np.float32)).batch(batch_size))
     forward = _inference_function(model)
     return np.concatenate([np.asarray(forward(batch), np.float32) for batch in images])
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from mobilenet_tf.data import image_check, synthetic, tfds_builder, without_autograph
+from mobilenet_tf.data import finish, image_check, synthetic, tfds_builder, without_autograph
 
 MANUAL_DOWNLOAD_HELP = {
     "imagenet2012": (
@@ -157,14 +157,12 @@ def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buf
     """What every input pipeline ends with: shuffle (training) and repeat (``repeat``,
     default: when training), ``prepare`` each example in parallel, batch (dropping
     the last partial batch in training; ``padded``: zero-padded to the batch's largest
-    example), prefetch. ``deterministic`` fixes the order."""
+    example), ``finish`` (prefetch, options). ``deterministic`` fixes the order."""
     if training:
         dataset = dataset.shuffle(min(shuffle_buffer, num_examples), seed=seed, reshuffle_each_iteration=True)
     repeat = training if repeat is None else repeat
     if repeat:
         dataset = dataset.repeat()
-    options = tf.data.Options()
-    options.deterministic = deterministic
-    dataset = dataset.map(without_autograph(prepare), num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    dataset = dataset.map(without_autograph(prepare), num_parallel_calls=tf.data.AUTOTUNE)
     batch = dataset.padded_batch if padded else dataset.batch
-    return batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return finish(batch(batch_size, drop_remainder=training), deterministic=deterministic)
