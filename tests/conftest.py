@@ -1,5 +1,4 @@
 import contextlib
-import gc
 import importlib.util
 import io
 import json
@@ -234,13 +233,3 @@ def pytest_collection_modifyitems(config, items):
         return -1 if marker is None else marker.kwargs.get("seconds", 0)
 
     items.sort(key=seconds, reverse=True)  # stable: ties keep their collection order
-
-
-def pytest_collection_finish(session):
-    """Python's cycle collector, tuned for processes that trace TensorFlow graphs all day:
-    the ~360,000 objects of the imports and collection frozen out of its scans, and young
-    collections every 10,000 allocations instead of 700. The SSDLite learning run spent
-    5.1 of its ~100 CPU-seconds collecting with the defaults, 2.6 with these."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)

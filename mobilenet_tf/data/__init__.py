@@ -16,11 +16,12 @@ def without_autograph(fn):
 
 
 # "0" turns tf.data's model-based autotuning off in every pipeline of the package. The
-# autotuner runs a thread per iterator that an iterator's destruction waits for: next to
-# another busy process the pipelines' owners sat idle (two recipe runs side by side on
-# 2 cores: 102-173 s each with it, 97-106 s without; the test suite: 229 core-seconds idle
-# with it, 40 without). Maps then run one call per core and prefetch sizes its buffer
-# itself; under `--deterministic` (op determinism) the data are the same either way.
+# autotuner runs a thread per iterator, and an iterator's destruction waits for it (up to
+# 0.3 s each in a loop of short epochs): beside another busy process a training process
+# sat idle at times (two recipe runs side by side on 2 cores: 102-173 s each with it,
+# 97-106 s without; alone, 93-94 s either way; the test suite: 229 core-seconds idle with
+# it, 40 without). Maps then run one call per core and prefetch falls back to its own
+# buffer sizing; under `--deterministic` (op determinism) the data are the same.
 AUTOTUNE_ENV = "MOBILENET_TF_DATA_AUTOTUNE"
 
 

@@ -154,7 +154,7 @@ def make_pipeline(split, *, training, batch_size, image_size, area_range=(0.08, 
 
 def batched(dataset, prepare, *, training, batch_size, num_examples, shuffle_buffer, repeat=None,
             deterministic=False, seed=0, padded=False):
-    """What every input pipeline ends with: shuffle (training) and repeat (``repeat``,
+    """The recipes' common pipeline end: shuffle (training) and repeat (``repeat``,
     default: when training), ``prepare`` each example in parallel, batch (dropping
     the last partial batch in training; ``padded``: zero-padded to the batch's largest
     example), ``finish`` (prefetch, options). ``deterministic`` fixes the order."""
