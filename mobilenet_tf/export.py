@@ -98,11 +98,21 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
     """The int8 flatbuffer of ``converter`` (optimizations and representative dataset
     set) with the ops of the types ``denylisted_ops`` and the ops writing the tensors
     named ``denylisted_nodes`` kept in float: TFLite's selective quantization (its
-    public form, ``QuantizationDebugger`` with a deny list)."""
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(denylisted_ops),
-                                                            denylisted_nodes=list(denylisted_nodes))
+    public form, ``QuantizationDebugger`` with a deny list).
+
+    ``denylisted_nodes``: tensor names, or a function of the calibrated float
+    flatbuffer that returns them (names the converter gives are known only after a
+    conversion; the calibration's is reused instead of converting once more)."""
+    def options(nodes=()):
+        return tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(denylisted_ops),
+                                                             denylisted_nodes=list(nodes))
+
+    by_name = not callable(denylisted_nodes)
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
+        converter=converter, debug_dataset=converter.representative_dataset,
+        debug_options=options(denylisted_nodes if by_name else ()))
+    if not by_name:
+        debugger.options = options(denylisted_nodes(debugger.calibrated_model))
     return debugger.get_nondebug_quantized_model()
 
 

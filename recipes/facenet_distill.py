@@ -164,6 +164,9 @@ class FaceNetDistill(recipe.Recipe):
 
     def load_splits(self):
         config, replicas = self.config, self.strategy.num_replicas_in_sync
+        # The given teacher first: a wrong embedding size refuses before thousands of
+        # faces are read or rendered.
+        self.teacher = teacher_lib.load_teacher(config.teacher, config.embedding_dim)
         if (config.global_batch_size // replicas) % config.images_per_identity:
             raise ValueError(f"each of the {replicas} replicas must get whole identities: P x K / "
                              f"replicas = {config.global_batch_size / replicas:g} is not a multiple of K = "
@@ -173,9 +176,6 @@ class FaceNetDistill(recipe.Recipe):
             data.check_identity_batch(train, config.identities_per_batch, config.images_per_identity)
         self.pairs = load_pairs(config)
         return train, self.pairs.split
-
-    def prepare(self):
-        self.teacher = teacher_lib.load_teacher(self.config.teacher, self.config.embedding_dim)
 
     def count_steps(self):
         train = self.train_split

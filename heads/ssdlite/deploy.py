@@ -168,13 +168,14 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
     calibration = export.calibration_generator(representative_images, calibration_steps)
     with tempfile.TemporaryDirectory() as saved_model:
         export.save_function(model, graph, graph.input_spec, saved_model)
-        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantization == "int8":
             # Calibrated by the converter, quantized with the postprocess tensors kept float.
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = calibration
-            flatbuffer = export.int8_keeping_float(converter, FLOAT_ONLY_OPS, _postprocess_tensor_names(flatbuffer))
+            flatbuffer = export.int8_keeping_float(converter, FLOAT_ONLY_OPS, _postprocess_tensor_names)
+        else:
+            flatbuffer = converter.convert()
     return export.write_file(path, flatbuffer)
 
 
