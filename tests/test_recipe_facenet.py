@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import read_metrics, run_recipe_in_process, run_script
 from mobilenet_tf import export
+from mobilenet_tf.data import identities
 from mobilenet_tf._keras import keras
 from mobilenet_tf.heads import facenet
 from mobilenet_tf.heads.facenet import data
@@ -144,6 +145,20 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
+def test_a_teacher_of_another_embedding_size_is_refused_before_any_face_is_made(tmp_path, monkeypatch):
+    """The teacher file is checked first: the refusal comes before the synthetic
+    identities are rendered (or a folder's faces read)."""
+    facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=16).save(tmp_path / "teacher.keras")
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("faces were rendered before the teacher was checked")
+
+    monkeypatch.setattr(identities, "synthetic_identities", no_rendering)
+    proc = run_recipe_in_process("recipes/facenet_distill.py", "--teacher", str(tmp_path / "teacher.keras"),
+                                 "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "embeds into 16 dimensions but the student into 128" in proc.stderr
 
 
 @pytest.mark.slow(seconds=50)

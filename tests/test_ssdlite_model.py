@@ -316,8 +316,15 @@ for i in range(6):  # every box centre 50 anchor heights below its anchor: clipp
     bias[:, 0] = 500.0
     layer.set_weights([kernel * 0, bias.reshape(-1)])
 images = [np.random.default_rng(k).uniform(0, 255, (1, 96, 96, 3)).astype("float32") for k in range(4)]
-out = deploy.TFLiteDetector(deploy.to_tflite_detector(model, "{path}", "int8", images))(images[0])
+detector = deploy.TFLiteDetector(deploy.to_tflite_detector(model, "{path}", "int8", images))
+out = detector(images[0])
 assert np.isfinite(out["boxes"]).all() and np.isfinite(out["scores"]).all()
+# The postprocess (box decoding, scores) stayed float: its tensor names, read from the
+# calibration's conversion, reached the quantizer's deny list.
+postprocess = [d for d in detector.interpreter.get_tensor_details()
+               if any(part.startswith(deploy.POSTPROCESS_SCOPE + "/") for part in d["name"].split(";"))]
+assert len(postprocess) > 10 and not [d["name"] for d in postprocess if d["dtype"] == np.int8], postprocess
+assert sum(d["dtype"] == np.int8 for d in detector.interpreter.get_tensor_details()) > 50  # the network: int8
 print("CONVERTED")
 """
 
