@@ -164,13 +164,17 @@ class FaceNetDistill(recipe.Recipe):
 
     def load_splits(self):
         config, replicas = self.config, self.strategy.num_replicas_in_sync
-        # The given teacher first: a wrong embedding size refuses before thousands of
-        # faces are read or rendered.
+        # The given teacher and P x K first: a refusal comes before thousands of faces
+        # are read or rendered.
         self.teacher = teacher_lib.load_teacher(config.teacher, config.embedding_dim)
         if (config.global_batch_size // replicas) % config.images_per_identity:
             raise ValueError(f"each of the {replicas} replicas must get whole identities: P x K / "
                              f"replicas = {config.global_batch_size / replicas:g} is not a multiple of K = "
                              f"{config.images_per_identity}; change --identities-per-batch.")
+        if config.train_dir is None and not config.eval_only:  # synthetic: P x K checked before rendering
+            data.check_identity_counts(data.synthetic_names(config.synthetic_train_identities),
+                                       [config.synthetic_images_per_identity] * config.synthetic_train_identities,
+                                       config.identities_per_batch, config.images_per_identity)
         train = None if config.eval_only else load_train(config)
         if train is not None:
             data.check_identity_batch(train, config.identities_per_batch, config.images_per_identity)

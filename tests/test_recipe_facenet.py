@@ -127,12 +127,8 @@ def test_folder_training_with_lfw_folder_and_official_pairs_and_a_given_teacher(
 
 
 @pytest.mark.parametrize("args,message", [
-    pytest.param(["--images-per-identity", "5"], "'train_identity_00000' has only 4 images",
-                 marks=pytest.mark.slow(seconds=8)),  # renders the synthetic identities first
     (["--train-dir", "{tmp}/missing"], "--train-dir"),
     (["--train-dir", "{tmp}"], "--data-dir (TFDS lfw), --lfw-dir"),
-    pytest.param(["--teacher", "{tmp}/teacher.keras"], "embeds into 16 dimensions but the student into 128",
-                 marks=pytest.mark.slow(seconds=8)),  # builds and saves a teacher first
     (["--eval-only"], "--eval-only` needs --weights"),
     (["--mining", "semi_hard", "--distill-weight", "0", "--triplet-weight", "0"], "not both 0"),
     pytest.param(["--strategy", "mirrored", "--num-cpu-devices", "2", "--identities-per-batch", "3"],
@@ -147,18 +143,25 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
-def test_a_teacher_of_another_embedding_size_is_refused_before_any_face_is_made(tmp_path, monkeypatch):
-    """The teacher file is checked first: the refusal comes before the synthetic
-    identities are rendered (or a folder's faces read)."""
-    facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=16).save(tmp_path / "teacher.keras")
+@pytest.mark.parametrize("args,message", [
+    (["--teacher", "{tmp}/teacher.keras"], "embeds into 16 dimensions but the student into 128"),
+    (["--images-per-identity", "5"], "'train_identity_00000' has only 4 images"),  # the preset renders 4
+])
+def test_refused_before_any_face_is_made(tmp_path, monkeypatch, args, message):
+    """The teacher file and the synthetic preset's P x K are checked first: the
+    refusal comes before the identities are rendered (or a folder's faces read)."""
+    if "--teacher" in args:
+        facenet.build_embedding_model("v1", alpha=0.25, input_size=32, embedding_dim=16).save(
+            tmp_path / "teacher.keras")
 
     def no_rendering(*args, **kwargs):
-        raise AssertionError("faces were rendered before the teacher was checked")
+        raise AssertionError("faces were rendered before the refusal")
 
     monkeypatch.setattr(identities, "synthetic_identities", no_rendering)
-    proc = run_recipe_in_process("recipes/facenet_distill.py", "--teacher", str(tmp_path / "teacher.keras"),
-                                 "--output-dir", str(tmp_path / "run"))
-    assert proc.returncode == 2 and "embeds into 16 dimensions but the student into 128" in proc.stderr
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = run_recipe_in_process("recipes/facenet_distill.py", *args, "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow(seconds=50)

@@ -90,8 +90,13 @@ def synthetic_split(num_identities, images_per_identity, image_size=64, training
     identities come from different seeds, so they never overlap."""
     base = SYNTHETIC_TRAIN_SEED if training else SYNTHETIC_EVAL_SEED
     images, labels = identities.synthetic_identities(num_identities, images_per_identity, image_size, base + seed)
+    return FaceSplit(images, "array", labels, synthetic_names(num_identities, training))
+
+
+def synthetic_names(num_identities, training=True):
+    """The names of ``synthetic_split``'s identities."""
     prefix = "train" if training else "eval"
-    return FaceSplit(images, "array", labels, [f"{prefix}_identity_{i:05d}" for i in range(num_identities)])
+    return [f"{prefix}_identity_{i:05d}" for i in range(num_identities)]
 
 
 def array_split(images, labels, names=None):
@@ -369,13 +374,19 @@ def augment(image, seed, crop_area=(0.8, 1.0)):
 
 def check_identity_batch(split, identities_per_batch, images_per_identity):
     """P x K must be possible: P <= identities, 2 <= K <= the smallest identity's images."""
-    counts = split.images_per_identity()
-    if identities_per_batch < 2 or identities_per_batch > split.num_identities:
-        raise ValueError(f"`identities_per_batch` (P) must be in [2, {split.num_identities}] (the identities in the "
+    check_identity_counts(split.names, split.images_per_identity(), identities_per_batch, images_per_identity)
+
+
+def check_identity_counts(names, counts, identities_per_batch, images_per_identity):
+    """``check_identity_batch`` for identities ``names`` with ``counts`` images each
+    (known before the images are, e.g. from the synthetic preset's flags)."""
+    counts = np.asarray(counts)
+    if identities_per_batch < 2 or identities_per_batch > len(names):
+        raise ValueError(f"`identities_per_batch` (P) must be in [2, {len(names)}] (the identities in the "
                          f"training data); got {identities_per_batch}.")
     smallest = int(counts.min())
     if images_per_identity < 2 or images_per_identity > smallest:
-        name = split.names[int(counts.argmin())]
+        name = names[int(counts.argmin())]
         raise ValueError(f"`images_per_identity` (K) must be in [2, {smallest}]: identity {name!r} has only "
                          f"{smallest} images; got {images_per_identity}. Lower K or remove identities with fewer "
                          f"than K images.")
