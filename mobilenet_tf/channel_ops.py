@@ -26,11 +26,16 @@ class ChannelShuffle(layers.Layer):
         self.groups = int(groups)
 
     def call(self, x):
-        shape = tf.shape(x)
-        channels = x.shape[-1]
-        x = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], self.groups, channels // self.groups]))
+        # Static sizes where known (the batch as -1): constant reshapes, which XNNPACK
+        # runs; shapes read from the tensor (SHAPE, STRIDED_SLICE, PACK) it does not,
+        # and they split ShuffleNet V1 g3's TFLite file into 33 XNNPACK partitions.
+        _, height, width, channels = x.shape
+        if height is None or width is None:
+            dynamic = tf.shape(x)
+            height, width = (dynamic[1] if height is None else height), (dynamic[2] if width is None else width)
+        x = tf.reshape(x, [-1, height, width, self.groups, channels // self.groups])
         x = tf.transpose(x, [0, 1, 2, 4, 3])
-        return tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], channels]))
+        return tf.reshape(x, [-1, height, width, channels])
 
     def compute_output_shape(self, input_shape):
         return input_shape

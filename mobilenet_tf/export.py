@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_tf import blocks
+from mobilenet_tf import blocks, walkers
 
 # The quantization vocabulary, defined once: every flag, backend name and argument
 # that picks a TFLite quantization uses these names (see ``quantization_name``).
@@ -72,9 +72,10 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         raise ValueError("`quantization='int8'` needs `representative_data` (input batches) to calibrate "
                          "activation ranges.")
     with tempfile.TemporaryDirectory() as saved_model:
+        batch = 1 if has_dilated_convolutions(model) else None
         if _is_keras3(model) and quantization in FLOAT_ACTIVATIONS:
             model = fuse_hard_swish(model)
-        save_inference(model, saved_model)
+        save_inference(model, saved_model, batch=batch)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantization != "fp32":  # "qat": DEFAULT alone turns fake-quant ranges into int8
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -90,8 +91,11 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
 # file they leave the delegate for TFLite's own kernels (MobileNetV4 Hybrid-M: 11 XNNPACK
 # partitions, Hybrid-L 51; a classifier's final softmax: 2, the DEQUANTIZE after it is a
 # partition of its own). In float they stay on XNNPACK, which runs the DEQUANTIZE /
-# QUANTIZE around them too (1 partition).
-FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU")
+# QUANTIZE around them too (1 partition). Nor for average pooling (LR-ASPP's pooling
+# branch, ShuffleNet V1's stride-2 shortcut), a ReLU that no conv or add before it
+# absorbs (Xception's pre-activation ReLUs after each residual add: 12 partitions) or
+# the element-wise ops of FaceNet's L2 normalisation (ABS, MAXIMUM, DIV, RSQRT).
+FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU", "AVERAGE_POOL_2D", "RELU", "ABS", "MAXIMUM", "DIV", "RSQRT")
 
 
 def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes=()):
@@ -117,6 +121,19 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
 
 
 FLOAT_ACTIVATIONS = ("fp32", "float16", "dynamic")  # files whose activations stay float
+
+
+def has_dilated_convolutions(model):
+    """Whether a convolution of ``model`` (nested models included) is dilated.
+
+    TensorFlow runs a dilated convolution as SPACE_TO_BATCH_ND -> convolution ->
+    BATCH_TO_SPACE_ND, which XNNPACK does not run: each one split a segmentation
+    file into two more XNNPACK partitions, with its BatchNormalization left
+    unfolded. The converter folds the three back into one dilated CONV_2D /
+    DEPTHWISE_CONV_2D (and the BatchNormalization into it) only when every shape
+    is static, so ``to_tflite`` converts such models at a fixed batch of 1; the
+    file still runs other batch sizes (``TFLiteModel`` resizes its input)."""
+    return any(max(getattr(layer, "dilation_rate", None) or (1,)) > 1 for layer in walkers.flat_layers(model))
 
 
 def fuse_hard_swish(model):
@@ -281,11 +298,11 @@ def save_function(model, fn, input_spec, path):
     return path
 
 
-def save_inference(model, path):
+def save_inference(model, path, batch=None):
     """``save_function`` of ``model(images, training=False)``: ``serve`` and the
     ``serving_default`` signature, input ``images`` (float32 batches of the model's input
-    shape). Returns ``path``."""
-    spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="images")
+    shape; ``batch``: a fixed batch size, None for any). Returns ``path``."""
+    spec = tf.TensorSpec((batch,) + tuple(model.input_shape[1:]), tf.float32, name="images")
     return save_function(model, lambda images: model(images, training=False), spec, path)
 
 

@@ -9,7 +9,9 @@ import tensorflow as tf
 import keras
 
 import mobilenet_tf
+from conftest import randomize_batchnorm
 from mobilenet_tf import benchmark, export
+from mobilenet_tf.heads.facenet.model import L2Normalization
 
 
 def _images(count, size, seed=0):
@@ -63,6 +65,17 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     assert isinstance(fused_named.output, dict) and set(fused_named.output) == {"features", "logits"}
 
 
+def _plain_int8(model, data, path):
+    """The full-integer file a plain conversion writes (no op kept in float)."""
+    with tempfile.TemporaryDirectory() as saved_model:
+        export.save_inference(model, saved_model)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = export.calibration_generator(data, 8)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        return export.TFLiteModel(export.write_file(str(path), converter.convert()))
+
+
 def test_int8_keeps_what_xnnpack_cannot_run_in_int8_in_float(tmp_path):
     """GELU, softmax and a matmul of two activations have no int8 kernel in XNNPACK: a plain
     full-integer conversion leaves them to TFLite's kernels (split partitions, which
@@ -76,17 +89,54 @@ def test_int8_keeps_what_xnnpack_cannot_run_in_int8_in_float(tmp_path):
     model = keras.Model(inputs, keras.layers.Softmax()(x))
     data = [np.random.default_rng(i).normal(size=(1, 4, 4, 8)).astype("float32") for i in range(8)]
     ours = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data))
-    with tempfile.TemporaryDirectory() as saved_model:
-        export.save_inference(model, saved_model)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = export.calibration_generator(data, 8)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        plain = export.TFLiteModel(export.write_file(str(tmp_path / "plain.tflite"), converter.convert()))
+    plain = _plain_int8(model, data, tmp_path / "plain.tflite")
     assert plain.ops_outside_delegate() == {"GELU": 1, "BATCH_MATMUL": 1, "SOFTMAX": 2}
     assert plain.op_counts()["DELEGATE"] > 1
     assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
     np.testing.assert_allclose(ours(data[0]), model(data[0]), atol=0.05)
+
+
+def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):
+    """Neither has an int8 kernel in XNNPACK either: a ReLU after a residual add that the
+    add cannot absorb (its output also feeds the next add; Xception's pre-activations)
+    and FaceNet's L2 normalisation (ABS, MAXIMUM, DIV, RSQRT). Kept in float, the file
+    is one XNNPACK partition."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 8))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    added = keras.layers.Add()([x, keras.layers.Conv2D(8, 1)(inputs)])
+    x = keras.layers.Add()([added, keras.layers.Conv2D(8, 3, padding="same")(keras.layers.ReLU()(added))])
+    x = keras.layers.Dense(16)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, L2Normalization()(x))
+    data = [np.random.default_rng(i).normal(size=(1, 8, 8, 8)).astype("float32") for i in range(8)]
+    ours = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data))
+    plain = _plain_int8(model, data, tmp_path / "plain.tflite")
+    assert {"RELU", "ABS", "MAXIMUM", "DIV", "RSQRT"} <= set(plain.ops_outside_delegate())
+    assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
+    np.testing.assert_allclose(ours(data[0]), model(data[0]), atol=0.05)
+
+
+def test_dilated_convolutions_convert_to_one_op_each_on_xnnpack(tmp_path):
+    """TensorFlow runs a dilated convolution as SPACE_TO_BATCH_ND -> conv ->
+    BATCH_TO_SPACE_ND (ops XNNPACK refuses: two more partitions each, the
+    BatchNormalization after it unfolded); converted at a fixed batch of 1 the three
+    fold into one dilated conv. The file still runs any batch size."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 24, 8))
+    x = keras.layers.DepthwiseConv2D(5, dilation_rate=2, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, dilation_rate=4, padding="same")(x))
+    randomize_batchnorm(model)
+    assert export.has_dilated_convolutions(model)
+    assert not export.has_dilated_convolutions(mobilenet_tf.build("v1", alpha=0.25, input_shape=(32, 32, 3)))
+    x = np.random.default_rng(0).normal(size=(3, 16, 24, 8)).astype("float32")
+    fp32 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "fp32.tflite")))
+    int8 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "int8.tflite"), "int8", x[:, None]))
+    for tflite in (fp32, int8):
+        counts = tflite.op_counts()
+        assert "SPACE_TO_BATCH_ND" not in counts and "BATCH_TO_SPACE_ND" not in counts, counts
+        assert counts["DEPTHWISE_CONV_2D"] == counts["CONV_2D"] == counts["DELEGATE"] == 1, counts
+    np.testing.assert_allclose(fp32(x), np.asarray(model(x, training=False)), atol=1e-4)  # batch 3
 
 
 @pytest.mark.slow(seconds=11)

@@ -365,10 +365,14 @@ def test_tflite_student_matches_keras(tmp_path, images):
     randomize_batchnorm(model)  # an untrained V1's features are ~0: nothing to normalise
     faces = images(4, 64, 0, 255)
     path = export.to_tflite(model, str(tmp_path / "student.tflite"))
-    tflite = export.TFLiteModel(path)(faces)
+    student = export.TFLiteModel(path)
+    tflite = student(faces)
     keras_out = model(faces, training=False).numpy()
     assert np.abs(tflite - keras_out).max() < 1e-5
     np.testing.assert_allclose(np.linalg.norm(tflite, axis=1), 1.0, atol=1e-5)
+    # The L2 normalisation runs on XNNPACK with the network: one partition (a ``where``
+    # on the scale split the file in two).
+    assert student.op_counts()["DELEGATE"] == 1 and student.ops_outside_delegate() == {}
 
 
 @pytest.mark.slow(seconds=15)

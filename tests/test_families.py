@@ -183,10 +183,13 @@ def test_shufflenet_saves_and_reloads_without_custom_objects(tmp_path, images):
 def test_tflite_fp32_matches_keras(name, tmp_path, images):
     model = mobilenet_tf.build(name, input_shape=(96, 96, 3), classes=10, classifier_activation=None)
     randomize_batchnorm(model)
-    x = images(n=1, size=96, low=0, high=255)
+    x = images(n=2, size=96, low=0, high=255)
     tflite = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "m.tflite")))
     expected = run(model, x)
     np.testing.assert_allclose(tflite(x), expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    # One XNNPACK partition: the channel shuffle's reshapes are constant (shapes read from
+    # the tensor split ShuffleNet into 33).
+    assert tflite.op_counts()["DELEGATE"] == 1 and tflite.ops_outside_delegate() == {}
 
 
 def test_new_families_feed_the_lraspp_head():

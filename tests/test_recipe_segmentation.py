@@ -59,10 +59,17 @@ def test_synthetic_preset_learns_and_exports_tflite(tmp_path):
     images = np.stack([image for image, _ in data.synthetic_split(False, 8, SIZE).dataset.as_numpy_iterator()])
     images = images.astype("float32")
     keras_logits = np.asarray(model(images, training=False))
-    fp32 = export.TFLiteModel(str(run_dir / "model_fp32.tflite"))(images)
+    fp32_file, int8_file = (export.TFLiteModel(str(run_dir / f"model_{fmt}.tflite")) for fmt in ("fp32", "int8"))
+    fp32 = fp32_file(images)  # (files converted at batch 1: a batch of 8 runs too)
     assert np.abs(fp32 - keras_logits).max() < 1e-4 * max(1.0, np.abs(keras_logits).max())
-    int8 = export.TFLiteModel(str(run_dir / "model_int8.tflite"))(images)
+    int8 = int8_file(images)
     assert np.mean(int8.argmax(-1) == keras_logits.argmax(-1)) >= 0.95
+    # The backbone's dilated depthwise convs are one DEPTHWISE_CONV_2D each, on XNNPACK:
+    # the fp32 file is one partition; int8 leaves only the pooling branch's
+    # AVERAGE_POOL_2D outside (no int8 kernel in XNNPACK, and the quantizer keeps it int8).
+    assert fp32_file.op_counts()["DELEGATE"] == 1 and fp32_file.ops_outside_delegate() == {}
+    assert "SPACE_TO_BATCH_ND" not in int8_file.op_counts()
+    assert int8_file.ops_outside_delegate() == {"AVERAGE_POOL_2D": 1} and int8_file.op_counts()["DELEGATE"] == 2
 
     # --eval-only from the best checkpoint reproduces the mIoU.
     evaluated = in_process(*LEARN[:-1], "--no-saved-model", "--output-dir", str(tmp_path / "eval"), "--eval-only",
