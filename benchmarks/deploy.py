@@ -3,6 +3,7 @@ the roofline. Prints the README's deployment table.
 
     python benchmarks/deploy.py                        # the MobileNets (V1-V4) at 224, 2 threads
     python benchmarks/deploy.py --models v3_small --resolution 160 --repeats 100
+    python benchmarks/deploy.py --models facenet_v1 --resolution 160   # the FaceNet student
 
 Every model at one resolution (MobileNetV4's own are 224-384: the zoo table), so rows
 compare. Random weights with BatchNormalization statistics taken from synthetic images
@@ -36,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 import mobilenet_tf  # noqa: E402
 from mobilenet_tf import benchmark, export, weights  # noqa: E402
 from mobilenet_tf.data import synthetic  # noqa: E402
+from mobilenet_tf.heads.facenet import model as facenet  # noqa: E402
 
 
 def synthetic_images(count, size):
@@ -43,14 +45,19 @@ def synthetic_images(count, size):
     return np.stack([image for image, _ in data.as_numpy_iterator()]).astype("float32")
 
 
+# Models besides the registry's: the FaceNet student (the V1 paper's Table 14 network,
+# width 1.0, 128-d unit embedding).
+HEADS = {"facenet_v1": lambda resolution: facenet.build_embedding_model("v1", 1.0, resolution)}
+
+
 def build(name, resolution, images):
-    model = mobilenet_tf.build(name, input_shape=(resolution, resolution, 3))
+    model = HEADS[name](resolution) if name in HEADS else mobilenet_tf.build(name, input_shape=(resolution,) * 2 + (3,))
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
 def keras_applications_model(name, resolution, images):
     """keras.applications' model of ``name`` (None where it has none)."""
-    if mobilenet_tf.registry.get_entry(name).published is None:
+    if name in HEADS or mobilenet_tf.registry.get_entry(name).published is None:
         return None
     model = weights.keras_application(name, input_shape=(resolution, resolution, 3))
     return benchmark.batchnorm_from_data(model, images[:16])
