@@ -67,15 +67,16 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
             tensors of the model's input shape), e.g. a ``tf.data`` of images.
         calibration_steps: at most this many batches are used for calibration.
 
-    A model with dilated convolutions converts at a fixed batch of 1
-    (``has_dilated_convolutions``); any other at any batch size.
+    A model with dilated convolutions and a known input size converts at a fixed
+    batch of 1 (``has_dilated_convolutions``); any other at any batch size.
     """
     quantization = quantization_name(quantization)
     if quantization == "int8" and representative_data is None:
         raise ValueError("`quantization='int8'` needs `representative_data` (input batches) to calibrate "
                          "activation ranges.")
     with tempfile.TemporaryDirectory() as saved_model:
-        batch = 1 if has_dilated_convolutions(model) else None
+        static_size = None not in tuple(model.input_shape[1:3])
+        batch = 1 if static_size and has_dilated_convolutions(model) else None
         if _is_keras3(model) and quantization in FLOAT_ACTIVATIONS:
             model = fuse_hard_swish(model)
         save_inference(model, saved_model, batch=batch)
@@ -135,9 +136,15 @@ def has_dilated_convolutions(model):
     file into two more XNNPACK partitions, with its BatchNormalization left
     unfolded. The converter folds the three back into one dilated CONV_2D /
     DEPTHWISE_CONV_2D (and the BatchNormalization into it) only when every shape
-    is static, so ``to_tflite`` converts such models at a fixed batch of 1; the
-    file still runs other batch sizes (``TFLiteModel`` resizes its input)."""
-    return any(max(getattr(layer, "dilation_rate", None) or (1,)) > 1 for layer in walkers.flat_layers(model))
+    is static, so ``to_tflite`` converts such models at a fixed batch of 1 (when their
+    height and width are known); the file still runs other batch sizes
+    (``TFLiteModel`` resizes its input). Layers wrapped by TFMOT (pruning,
+    quantization-aware training) are looked into."""
+    def dilation(layer):
+        layer = getattr(layer, "layer", layer)  # a TFMOT wrapper's layer
+        return max(getattr(layer, "dilation_rate", None) or (1,))
+
+    return any(dilation(layer) > 1 for layer in walkers.flat_layers(model))
 
 
 def fuse_hard_swish(model):

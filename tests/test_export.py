@@ -99,8 +99,9 @@ def test_int8_keeps_what_xnnpack_cannot_run_in_int8_in_float(tmp_path):
 def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):
     """Neither has an int8 kernel in XNNPACK either: a ReLU after a residual add that the
     add cannot absorb (its output also feeds the next add; Xception's pre-activations)
-    and FaceNet's L2 normalisation (ABS, MAXIMUM, DIV, RSQRT). Kept in float, the file
-    is one XNNPACK partition."""
+    and FaceNet's L2 normalisation (ABS, MAXIMUM, DIV, RSQRT). Kept in float, they run
+    on XNNPACK; only the normalisation's divisor guard (GREATER, SELECT_V2, no XNNPACK
+    kernel in any precision) stays outside, as in fp32."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 8))
     x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
@@ -112,7 +113,9 @@ def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):
     ours = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data))
     plain = _plain_int8(model, data, tmp_path / "plain.tflite")
     assert {"RELU", "ABS", "MAXIMUM", "DIV", "RSQRT"} <= set(plain.ops_outside_delegate())
-    assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
+    assert ours.ops_outside_delegate() == {"GREATER": 1, "SELECT_V2": 1} and ours.op_counts()["DELEGATE"] == 2
+    fp32 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "fp32.tflite")))
+    assert fp32.ops_outside_delegate() == {"GREATER": 1, "SELECT_V2": 1} and fp32.op_counts()["DELEGATE"] == 2
     np.testing.assert_allclose(ours(data[0]), model(data[0]), atol=0.05)
 
 

@@ -192,6 +192,34 @@ def test_tflite_fp32_matches_keras(name, tmp_path, images):
     assert tflite.op_counts()["DELEGATE"] == 1 and tflite.ops_outside_delegate() == {}
 
 
+def test_channel_shuffle_at_unknown_sizes_equals_the_static_model(images):
+    """At an unknown height and width the shuffle reads them from the tensor; the same
+    weights give the same outputs as the model built at the size."""
+    static = mobilenet_tf.build("shufflenet_v1_g3", input_shape=(64, 64, 3), classes=5)
+    dynamic = mobilenet_tf.build("shufflenet_v1_g3", input_shape=(None, None, 3), classes=5)
+    dynamic.set_weights(static.get_weights())
+    x = images(n=2, size=64, low=0, high=255)
+    np.testing.assert_allclose(run(dynamic, x), run(static, x), atol=1e-6)
+    assert run(dynamic, images(n=1, size=96, low=0, high=255)).shape == (1, 5)
+
+
+@pytest.mark.slow(seconds=8)
+def test_lraspp_on_shufflenet_converts_at_batch_1_and_runs_a_batch_of_2(tmp_path, images):
+    """Its dilated last stage makes the file batch-1 (``export.has_dilated_convolutions``);
+    the channel shuffles' constant reshapes (-1 for the batch) still run a batch of 2.
+    (At 64 px the pooling branch's AVERAGE_POOL_2D, a 4x4 window with strides (4, 5)
+    over the 4x4 map, stays outside XNNPACK.)"""
+    model = segmentation.build_lraspp("shufflenet_v2_x0_5", num_classes=3, input_shape=(128, 128, 3))
+    randomize_batchnorm(model)
+    assert export.has_dilated_convolutions(model)
+    tflite = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "m.tflite")))
+    assert list(tflite.interpreter.get_input_details()[0]["shape_signature"]) == [1, 128, 128, 3]
+    x = images(n=2, size=128, low=0, high=255)
+    expected = run(model, x)
+    np.testing.assert_allclose(tflite(x), expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    assert tflite.op_counts()["DELEGATE"] == 1 and tflite.ops_outside_delegate() == {}
+
+
 def test_new_families_feed_the_lraspp_head():
     for name in ("shufflenet_v2_x0_5", "squeezenet1_1"):
         model = segmentation.build_lraspp(name, num_classes=3, input_shape=(64, 64, 3))

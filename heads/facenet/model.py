@@ -18,7 +18,6 @@ also offers keras.applications networks (InceptionResNetV2, the closest stock
 stand-in for FaceNet's Inception network) with the same head.
 """
 
-import numpy as np
 import tensorflow as tf
 
 import mobilenet_tf
@@ -42,11 +41,11 @@ class L2Normalization(layers.Layer):
 
     The vector is first divided by its largest absolute component, so that its
     squared norm is in [1, D] and no epsilon can change it; then L2-normalised.
-    (B, D) -> (B, D) with ``||e||_2 = 1`` (an all-zero vector stays zero; one whose
-    largest component is below float32's smallest normal number, 1.2e-38, comes
-    out shorter). Computes in float32 (distances between unit vectors need it). Every
-    op is one XNNPACK runs in float (a ``where`` on the scale was not: it split
-    the student's TFLite file in two).
+    (B, D) -> (B, D) with ``||e||_2 = 1`` (an all-zero vector stays zero; its
+    gradient is the identity). Computes in float32 (distances between unit vectors
+    need it). In a TFLite file the divisor's guard (GREATER, SELECT_V2) runs on
+    TFLite's own kernels, outside XNNPACK; ``maximum(scale, tiny)`` would keep it on
+    XNNPACK but give an all-zero vector a gradient of 1 / tiny.
     """
 
     def __init__(self, **kwargs):
@@ -56,7 +55,7 @@ class L2Normalization(layers.Layer):
     def call(self, x):
         x = tf.cast(x, tf.float32)
         scale = tf.reduce_max(tf.abs(x), axis=-1, keepdims=True)
-        x = x / tf.maximum(scale, np.finfo(np.float32).tiny)
+        x = x / tf.where(scale > 0, scale, 1.0)  # (a scalar 1: no SHAPE / BROADCAST_TO ops)
         return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True), 1.0))
 
     def compute_output_shape(self, input_shape):

@@ -54,7 +54,7 @@ POSTPROCESS_SCOPE = "postprocess"  # tensors under it stay float in int8 files
 # keep the scope; the constants of the dummy columns are named "arith.constant").
 # The network's only CONCATENATION (the predictors' outputs) stays float with them.
 # Also the ops XNNPACK has no int8 kernel for (``export.FLOAT_IN_INT8``: softmax, GELU,
-# attention's matmuls).
+# attention's matmuls, lone ReLUs, ...; MAXIMUM is the postprocess's own too).
 FLOAT_ONLY_OPS = [*export.FLOAT_IN_INT8, "LOGISTIC", "UNPACK", "PACK", "LOG", "EXP", "MINIMUM", "MAXIMUM",
                   "STRIDED_SLICE", "CONCATENATION", "SELECT_V2", "SELECT"]
 
