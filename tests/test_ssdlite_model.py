@@ -321,8 +321,7 @@ out = detector(images[0])
 assert np.isfinite(out["boxes"]).all() and np.isfinite(out["scores"]).all()
 # The postprocess (box decoding, scores) stayed float: its tensor names, read from the
 # calibration's conversion, reached the quantizer's deny list.
-postprocess = [d for d in detector.interpreter.get_tensor_details()
-               if any(part.startswith(deploy.POSTPROCESS_SCOPE + "/") for part in d["name"].split(";"))]
+postprocess = [d for d in detector.interpreter.get_tensor_details() if deploy.is_postprocess_tensor(d["name"])]
 assert len(postprocess) > 10 and not [d["name"] for d in postprocess if d["dtype"] == np.int8], postprocess
 assert sum(d["dtype"] == np.int8 for d in detector.interpreter.get_tensor_details()) > 50  # the network: int8
 print("CONVERTED")

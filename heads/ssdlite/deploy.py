@@ -137,12 +137,17 @@ class _TFLiteGraph:
                     "classes": tf.where(valid, classes + 1.0, 0.0), "num_detections": num}
 
 
+def is_postprocess_tensor(name):
+    """Whether a TFLite tensor ``name`` (fused names join parts with ";") was made under
+    ``POSTPROCESS_SCOPE``."""
+    return any(part.startswith(POSTPROCESS_SCOPE + "/") for part in name.split(";"))
+
+
 def _postprocess_tensor_names(flatbuffer):
     interpreter = tf.lite.Interpreter(
         model_content=flatbuffer,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    return sorted({t["name"] for t in interpreter.get_tensor_details()
-                   if any(part.startswith(POSTPROCESS_SCOPE + "/") for part in t["name"].split(";"))})
+    return sorted({t["name"] for t in interpreter.get_tensor_details() if is_postprocess_tensor(t["name"])})
 
 
 def to_tflite_detector(model, path, quantization=None, representative_images=None, score_threshold=1e-8,
