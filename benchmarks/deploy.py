@@ -4,6 +4,7 @@ the roofline. Prints the README's deployment table.
     python benchmarks/deploy.py                        # the MobileNets (V1-V4) at 224, 2 threads
     python benchmarks/deploy.py --models v3_small --resolution 160 --repeats 100
     python benchmarks/deploy.py --models facenet_v1 --resolution 160   # the FaceNet student
+    python benchmarks/deploy.py --models v3_small --op-profile         # + where fp32's and int8's time goes
 
 Every model at one resolution (MobileNetV4's own are 224-384: the zoo table), so rows
 compare. Random weights with BatchNormalization statistics taken from synthetic images
@@ -23,10 +24,17 @@ fuses into a HARD_SWISH op in int8 too, which XNNPACK has no int8 kernel for; ou
 builds (x / 6) * ReLU6(x + 3) (``blocks.hard_swish``) and converts float files from
 the fused layout (``export.fuse_hard_swish``). The partition columns give the XNNPACK
 partitions of each int8 file and the ops XNNPACK left to TFLite's kernels.
+
+``--op-profile`` adds, per model, TFLite's op profiler on its fp32 and int8 files
+(``mobilenet_tf.op_profile``, the same threads): milliseconds per run of each XNNPACK
+operator, fp32 beside int8 (kernels of one operator summed, precision dropped from the
+name: the int8 file's float stem is its "Convolution IGEMM").
 """
 
 import argparse
+import collections
 import os
+import re
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,7 +43,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import benchmark, export, weights  # noqa: E402
+from mobilenet_tf import benchmark, export, op_profile, weights  # noqa: E402
 from mobilenet_tf.data import synthetic  # noqa: E402
 from mobilenet_tf.heads.facenet import model as facenet  # noqa: E402
 
@@ -63,8 +71,9 @@ def keras_applications_model(name, resolution, images):
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
-def measure(name, resolution, threads, repeats, images, tmp):
-    """{column: ms} for one model, its TFLite files timed in one alternation."""
+def measure(name, resolution, threads, repeats, images, tmp, profile=False):
+    """{column: ms} for one model, its TFLite files timed in one alternation (and, with
+    ``profile``, "profile": {"fp32" / "int8": OpProfile})."""
     model = build(name, resolution, images)
     calibration = images[:, None]
     files = {"fp32": export.to_tflite(model, os.path.join(tmp, "fp32.tflite")),
@@ -82,6 +91,9 @@ def measure(name, resolution, threads, repeats, images, tmp):
     ms["keras"] = benchmark.median_seconds([keras_fn], x, max(10, repeats // 5))[0] * 1e3
     partitions = {column: (it.op_counts().get("DELEGATE", 0), it.ops_outside_delegate())
                   for column, it in interpreters.items()}
+    if profile:
+        partitions["profile"] = {column: op_profile.op_profile(files[column], threads, repeats)
+                                 for column in ("fp32", "int8")}
     return ms, partitions, mobilenet_tf.profile(model).madds, interpreters["fp32"].runtime
 
 
@@ -92,6 +104,7 @@ def main(argv=None):
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--op-profile", action="store_true", help="also print each model's op profile, fp32 vs int8")
     args = parser.parse_args(argv)
 
     images = synthetic_images(32, args.resolution)
@@ -99,7 +112,8 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            rows.append((name,) + measure(name, args.resolution, args.threads, args.repeats, images, tmp))
+            rows.append((name,) + measure(name, args.resolution, args.threads, args.repeats, images, tmp,
+                                          args.op_profile))
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, {rows[0][4]} interpreter, {args.threads} threads, "
           f"batch 1, {args.resolution}x{args.resolution}; peak {peak / 1e9:.1f} GMAdds/s (float32 1024^3 matmul)\n")
     print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 | roofline ms "
@@ -114,6 +128,37 @@ def main(argv=None):
               f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
               f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} |",
               flush=True)
+
+
+    for name, _, partitions, _, _ in rows:
+        if "profile" in partitions:
+            print(f"\n{name}: TFLite's op profiler, {args.repeats} runs, {args.threads} threads\n")
+            print(_profile_table(partitions["profile"]["fp32"], partitions["profile"]["int8"]))
+
+
+def operator(kernel):
+    """XNNPACK's kernel name without "Delegate/", its precision and its variant number:
+    "Delegate/Convolution (NHWC, QC8) DWConv" -> "Convolution DWConv"."""
+    return re.sub(r"\s+", " ", re.sub(r"\(.*?\)|^Delegate/|\d+$", "", kernel)).strip()
+
+
+def _profile_table(fp32, int8):
+    """Operators, slowest in fp32 first: ms per run (nodes) in each file, int8 / fp32."""
+    sums = {}
+    for column, profile in (("fp32", fp32), ("int8", int8)):
+        sums[column] = collections.defaultdict(lambda: [0.0, 0])
+        for kernel in profile.by_type:
+            sums[column][operator(kernel.name)][0] += kernel.ms
+            sums[column][operator(kernel.name)][1] += kernel.count
+    names = sorted(set(sums["fp32"]) | set(sums["int8"]), key=lambda n: (-sums["fp32"][n][0], -sums["int8"][n][0]))
+    lines = ["| operator | fp32 ms (nodes) | int8 ms (nodes) | int8 / fp32 |", "|---|---|---|---|"]
+    for n in names + ["all"]:
+        (a, a_nodes), (b, b_nodes) = ((fp32.ms, "") if n == "all" else sums["fp32"][n],
+                                      (int8.ms, "") if n == "all" else sums["int8"][n])
+        cell = lambda ms, nodes: "-" if nodes == 0 else f"{ms:.3f}" + (f" ({nodes})" if nodes else "")  # noqa: E731
+        lines.append(f"| {n} | {cell(a, a_nodes)} | {cell(b, b_nodes)} | {b / a:.2f} |" if a and b else
+                     f"| {n} | {cell(a, a_nodes)} | {cell(b, b_nodes)} | - |")
+    return "\n".join(lines)
 
 
 def _partitions(counted):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from mobilenet_tf import export
+from mobilenet_tf import op_profile as op_profiler
 
 # "keras", then "tflite-<q>" for each post-training quantization name of export.FORMATS
 # (the value: that name; None for Keras).
@@ -99,7 +100,7 @@ def check_backends(backends):
 
 
 def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30, warmup=3,
-          calibration=None, madds=None, runtime=None):
+          calibration=None, madds=None, runtime=None, op_profile=False):
     """Latency of ``model`` on each backend, timed in alternating rounds (so their
     ratios are fair) on one random input.
 
@@ -114,12 +115,15 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
         madds: the model's multiply-adds per image, for the utilisation column.
         runtime: TFLite interpreter, "litert" or "tensorflow" (None: LiteRT where
             installed).
+        op_profile: also profile each TFLite file with TFLite's op profiler
+            (``op_profile.op_profile``, ``threads`` or 1, ``repeats`` runs).
 
     Returns:
         A list of dicts: backend, latency_ms (median), p90_ms, images_per_second,
         model_bytes, with ``madds`` also madds_per_ms and peak_share; TFLite rows
         also runtime, xnnpack_partitions and ops_outside_xnnpack ({op: count} of
-        the ops XNNPACK leaves to TFLite's kernels).
+        the ops XNNPACK leaves to TFLite's kernels) and, with ``op_profile``,
+        op_profile: [{kernel, nodes, ms, share}], slowest first.
     """
     check_backends(backends)
     shape = (batch,) + tuple(model.input_shape[1:])
@@ -128,12 +132,13 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, shape).astype("float32")
     peak = peak_madds_per_second() if madds else None
-    fns, sizes = [], []
+    fns, sizes, paths = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             if backend == "keras":
                 fns.append(tf.function(lambda images: model(images, training=False)))
                 sizes.append(_weight_bytes(model))
+                paths.append(None)
                 continue
             quantization = backend_quantization(backend)
             data = calibration
@@ -141,6 +146,7 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
                 data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
             path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
             fns.append(export.TFLiteModel(path, threads, runtime))
+            paths.append(path)
             sizes.append(os.path.getsize(path))
         # Timed while the files exist (the interpreters may map them).
         results = []
@@ -155,6 +161,11 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
                 row["runtime"] = interpreter.runtime
                 row["xnnpack_partitions"] = interpreter.op_counts().get("DELEGATE", 0)
                 row["ops_outside_xnnpack"] = interpreter.ops_outside_delegate()
+                if op_profile:
+                    profile = op_profiler.op_profile(paths[backends.index(backend)], threads or 1, repeats,
+                                                     warmup, batch)
+                    row["op_profile"] = [dict(kernel=k.name, nodes=k.count, ms=k.ms, share=k.share)
+                                         for k in profile.by_type]
             if madds:
                 row["madds_per_ms"] = madds * batch / (median * 1e3)
                 row["peak_share"] = madds * batch / median / peak

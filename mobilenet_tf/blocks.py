@@ -97,14 +97,17 @@ def make_divisible(value, divisor=8, min_value=None):
     return rounded
 
 
+HARD_SIGMOID_GATE = "_relu6"  # hard_sigmoid's ReLU6: name + this
+
+
 def hard_sigmoid(x, name):
     """h-sigmoid(x) = ReLU6(x + 3) / 6 (V3 paper eq. 2), from stock layers.
 
-    ``name`` is the name of the last layer; helpers get ``name + "_shift"`` and
-    ``name + "_relu6"``.
+    ``name`` is the name of the last layer (the / 6); helpers get ``name + "_shift"``
+    and ``name + "_relu6"``.
     """
     x = layers.Rescaling(1.0, offset=3.0, name=name + "_shift")(x)
-    x = layers.ReLU(6.0, name=name + "_relu6")(x)
+    x = layers.ReLU(6.0, name=name + HARD_SIGMOID_GATE)(x)
     return layers.Rescaling(1.0 / 6.0, name=name)(x)
 
 
@@ -121,7 +124,8 @@ def hard_swish(x, name):
     TFLite's own kernels (21 partitions in V3-Small), making int8 2.6x slower
     than fp32. In this form all of it stays in XNNPACK (int8 V3-Small 1.28 ms vs
     4.22 ms at 224, 2 threads: ``benchmarks/deploy.py``); float TFLite files are converted from the
-    fused layout (``export.fuse_hard_swish``). Helpers are ``name + "_shift"``
+    fused layout (``export.fuse_hard_swish``), int8 files from x * ReLU6(x + 3) with the
+    1/6 in the next kernels (``export.fold_hard_swish_scale``). Helpers are ``name + "_shift"``
     (x + 3), ``name + "_gate"`` (ReLU6) and ``name + "_scaled"`` (x / 6).
     """
     gate = layers.Rescaling(1.0, offset=3.0, name=name + "_shift")(x)

@@ -90,6 +90,9 @@ def get_args_parser():
     p.add_argument("--repeats", type=int, default=30, help="timed calls per backend, >= 1 (default 30)")
     p.add_argument("--runtime", choices=["litert", "tensorflow"], default=None,
                    help="TFLite interpreter (default: LiteRT where ai-edge-litert is installed)")
+    p.add_argument("--op-profile", action="store_true",
+                   help="also run TFLite's op profiler on each TFLite file (LiteRT's, via ai-edge-litert) and print "
+                        "where its time goes, kernel by kernel (XNNPACK's int8 and float kernels, ops left to TFLite)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _compress_args(sub.add_parser(
         "compress", help="prune, cluster and quantize a trained model to int8 TFLite, with the size report "
@@ -334,7 +337,8 @@ def _bench(args):
         benchmark.batchnorm_from_data(model, _synthetic_images(16, args.resolution))
     results = benchmark.bench(model, backends, batch=args.batch, threads=args.threads, repeats=args.repeats,
                               madds=profile(model).madds, runtime=args.runtime,
-                              calibration=_synthetic_images(16, args.resolution)[:, None])
+                              calibration=_synthetic_images(16, args.resolution)[:, None],
+                              op_profile=args.op_profile)
     if args.json:
         print(json.dumps({"model": args.name, "batch": args.batch, "threads": args.threads,
                           "resolution": args.resolution, "results": results}, indent=2))
@@ -347,6 +351,12 @@ def _bench(args):
         partitions = f"{r['xnnpack_partitions']} ({outside or 'none'})" if "xnnpack_partitions" in r else "-"
         print(f"{r['backend']:<15} {r['latency_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['images_per_second']:>9.1f} "
               f"{r['model_bytes']:>12,} {r['peak_share']:>10.1%}  {partitions}")
+    for r in results:
+        if "op_profile" in r:
+            print(f"\n{r['backend']}: TFLite's op profiler, {args.repeats} runs ({args.threads or 1} threads)")
+            print(f"{'kernel':<55} {'nodes':>6} {'ms/run':>8} {'share':>7}")
+            for k in r["op_profile"]:
+                print(f"{k['kernel']:<55} {k['nodes']:>6} {k['ms']:>8.3f} {k['share']:>7.1%}")
 
 
 def _builder_args(args):

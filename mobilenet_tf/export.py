@@ -4,8 +4,11 @@ Always converted through a SavedModel (``save_function``: the serving function a
 the model's variables, for Keras 3 and tf_keras models alike) and
 ``tf.lite.TFLiteConverter.from_saved_model``: on this project's 2-core CPU the same
 V3-Small converted from concrete functions ran about 20x slower. Float files are
-converted with h-swish fused (``fuse_hard_swish``), int8 files without. Files run on
-the LiteRT interpreter where installed (``TFLiteModel``).
+converted with h-swish fused (``fuse_hard_swish``); int8 files with its 1/6 moved into
+the next kernels (``fold_hard_swish_scale``), the RGB stem in float
+(``thin_input_ops``) and the ops XNNPACK has no int8 kernel for in float
+(``FLOAT_IN_INT8``). Files run on the LiteRT interpreter where installed
+(``TFLiteModel``); ``op_profile`` shows where their time goes.
 """
 
 import os
@@ -79,6 +82,8 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
         batch = 1 if static_size and has_dilated_convolutions(model) else None
         if _is_keras3(model) and quantization in FLOAT_ACTIVATIONS:
             model = fuse_hard_swish(model)
+        elif _is_keras3(model) and quantization == "int8":
+            model = fold_hard_swish_scale(model)
         save_inference(model, saved_model, batch=batch)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
         if quantization != "fp32":  # "qat": DEFAULT alone turns fake-quant ranges into int8
@@ -103,10 +108,48 @@ def to_tflite(model, path, quantization=None, representative_data=None, calibrat
 FLOAT_IN_INT8 = ("BATCH_MATMUL", "SOFTMAX", "GELU", "RELU", "ABS", "MAXIMUM", "DIV", "RSQRT")
 
 
+# An int8 convolution over this few input channels (the stem's 3x3 over RGB) is XNNPACK's
+# slowest int8 kernel per MAdd: TFLite's op profiler (``op_profile``) timed V3-Small's
+# stem at 0.43 ms in int8 and 0.08 ms in fp32, 22% of its int8 file. Kept in float, with
+# the input scaling before it, every int8 file got faster (2 threads, one run: V1 2.09 ->
+# 1.82 ms, V2 2.47 -> 2.27, V3-Large 3.23 -> 3.03, V3-Small 1.99 -> 1.33 profiled, V4
+# Conv-S 1.50 -> 1.31, SqueezeNet 1.0 4.33 -> 3.80, ShuffleNet V2 1.90 -> 1.81).
+THIN_INPUT_CHANNELS = 4
+
+
+def bare_interpreter(flatbuffer):
+    """A ``tf.lite.Interpreter`` of ``flatbuffer`` without XNNPACK, to read its ops and
+    tensors as converted (a calibrated model's, too)."""
+    return tf.lite.Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def thin_input_ops(flatbuffer, max_channels=THIN_INPUT_CHANNELS):
+    """Names of the tensors written by the ops that read the model's input while it has
+    at most ``max_channels`` channels, in a TFLite ``flatbuffer``: the input scaling and
+    the stem convolution(s) over RGB, which ``int8_keeping_float`` keeps in float."""
+    interpreter = bare_interpreter(flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+
+    def thin(index):
+        shape = tensors[index]["shape"]
+        return len(shape) == 4 and shape[-1] <= max_channels
+
+    reached = {d["index"] for d in interpreter.get_input_details() if thin(d["index"])}
+    names = []
+    for op in interpreter._get_ops_details():  # in execution order
+        if op["inputs"].size and op["inputs"][0] in reached:
+            names += [tensors[index]["name"] for index in op["outputs"]]
+            reached.update(index for index in op["outputs"] if thin(index))
+    return sorted(names)
+
+
 def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes=()):
     """The int8 flatbuffer of ``converter`` (optimizations and representative dataset
-    set) with the ops of the types ``denylisted_ops`` and the ops writing the tensors
-    named ``denylisted_nodes`` kept in float: TFLite's selective quantization (its
+    set) with the ops of the types ``denylisted_ops``, the ops writing the tensors
+    named ``denylisted_nodes`` and the ops on the thin RGB input
+    (``thin_input_ops``) kept in float: TFLite's selective quantization (its
     public form, ``QuantizationDebugger`` with a deny list).
 
     ``denylisted_nodes``: tensor names, or a function of the calibrated float
@@ -116,12 +159,11 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
         return tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(denylisted_ops),
                                                              denylisted_nodes=list(nodes))
 
-    by_name = not callable(denylisted_nodes)
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset,
-        debug_options=options(denylisted_nodes if by_name else ()))
-    if not by_name:
-        debugger.options = options(denylisted_nodes(debugger.calibrated_model))
+        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options())
+    calibrated = debugger.calibrated_model
+    named = denylisted_nodes(calibrated) if callable(denylisted_nodes) else denylisted_nodes
+    debugger.options = options([*named, *thin_input_ops(calibrated)])
     return debugger.get_nondebug_quantized_model()
 
 
@@ -181,6 +223,93 @@ def fuse_hard_swish(model):
     # ``input``/``output`` (not the flat ``inputs``/``outputs``) keep dict outputs a dict.
     view = keras.Model(model.input, model.output, name=model.name)
     return keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call, recursive=True)
+
+
+# Layers the 1/6 that ``fold_hard_swish_scale`` takes out of h-swish passes through
+# unchanged (f(6x) = 6 f(x)), and the layers whose kernel takes it (kernel / 6).
+SCALE_PASSING_LAYERS = ("GlobalAveragePooling2D", "AveragePooling2D", "MaxPooling2D", "Dropout", "Reshape",
+                        "Flatten", "UpSampling2D", "ZeroPadding2D", "Identity")
+SCALE_TAKING_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def fold_hard_swish_scale(model):
+    """``model`` (Keras 3) for int8 files: each ``blocks.hard_swish`` computed as
+    x * ReLU6(x + 3) and each ``blocks.hard_sigmoid`` as ReLU6(x + 3), six times their
+    value, with the 1/6 moved into the kernel of the convolution or dense layer the
+    result reaches (through pooling, dropout, reshapes and products; an SE block's
+    gated features carry 36): the same function, exactly up to float rounding.
+
+    XNNPACK fuses an int8 x * clamp(x + 3, 0, 6) into one hard-swish operator (the 1/6
+    lands in its output scale), where (x / 6) * ReLU6(x + 3) costs three: TFLite's op
+    profiler timed V3-Small's int8 file at 1.49 ms with 57 multiplies and 1.18 ms
+    with 10. An h-swish / h-sigmoid whose result reaches any other layer (a residual
+    add, as V3-Large's first one does, a ReLU, BatchNormalization, a nested model, the
+    output) keeps its / 6. Models without h-swish come back unchanged.
+    """
+    names = {layer.name for layer in model.layers}
+    swishes = {layer.name for layer in model.layers
+               if type(layer).__name__ == "Multiply" and layer.name + blocks.HARD_SWISH_SCALED in names}
+    sigmoids = {layer.name for layer in model.layers
+                if type(layer).__name__ == "Rescaling" and layer.name + blocks.HARD_SIGMOID_GATE in names}
+    while swishes or sigmoids:
+        folded, unfoldable = _fold_scales(model, swishes, sigmoids)
+        if not unfoldable:
+            return folded
+        swishes, sigmoids = swishes - unfoldable, sigmoids - unfoldable
+    return model
+
+
+def _fold_scales(model, swishes, sigmoids):
+    """One pass of ``fold_hard_swish_scale`` over the h-swish products ``swishes`` and
+    h-sigmoid Rescalings ``sigmoids`` (layer names): (the folded model, the names of
+    those whose factor reached a layer that cannot take it; the model is right only
+    when there are none)."""
+    import keras  # a Keras 3 model: the keras package, whichever _keras picked
+
+    factors = {}  # id(tensor) -> (tensor, factor its value carries, names it comes from)
+    unfoldable = set()
+
+    def factor(tensor):
+        return factors.get(id(tensor), (None, 1.0, frozenset()))[1:]
+
+    def scaled(tensor, tensors, value, origin=()):
+        sources = frozenset(origin).union(*(factor(t)[1] for t in tensors))
+        if value != 1.0:
+            factors[id(tensor)] = (tensor, value, sources)
+        return tensor
+
+    def refuse(tensor):  # a layer that cannot take the factor reads ``tensor``
+        if isinstance(tensor, keras.KerasTensor):
+            unfoldable.update(factor(tensor)[1])
+        return tensor
+
+    def call(layer, *args, **kwargs):
+        kind, name = type(layer).__name__, layer.name
+        tensors = [t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)]
+        values = [factor(t)[0] for t in tensors]
+        if kind == "Rescaling" and name.endswith(blocks.HARD_SWISH_SCALED) \
+                and name[:-len(blocks.HARD_SWISH_SCALED)] in swishes:
+            return args[0]  # x / 6 -> x: the product below carries the 6 (x itself has other readers)
+        if kind == "Rescaling" and name in sigmoids:  # ReLU6(x + 3) / 6 -> ReLU6(x + 3), read only here
+            return scaled(args[0], tensors, values[0] * 6.0, [name])
+        if kind == "Multiply":
+            swish = 6.0 if name in swishes else 1.0
+            return scaled(layer(*args, **kwargs), tensors, swish * float(np.prod(values)), [name] * (name in swishes))
+        if kind in SCALE_PASSING_LAYERS or (kind in ("Add", "Concatenate") and len(set(values)) == 1):
+            return scaled(layer(*args, **kwargs), tensors, values[0])
+        if kind in SCALE_TAKING_LAYERS and values[0] != 1.0:
+            taking = type(layer).from_config(layer.get_config())
+            outputs = taking(*args, **kwargs)
+            kernel, *rest = layer.get_weights()
+            taking.set_weights([kernel / values[0], *rest])
+            return outputs
+        keras.tree.map_structure(refuse, (args, kwargs))
+        return layer(*args, **kwargs)
+
+    view = keras.Model(model.input, model.output, name=model.name)
+    folded = keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call)
+    keras.tree.map_structure(refuse, folded.output)
+    return folded, unfoldable
 
 
 def calibration_generator(representative_data, steps):

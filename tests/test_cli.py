@@ -78,17 +78,28 @@ def test_export_fp32_equals_keras_and_int8_is_smaller(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "int8.tflite") * 2.5 < os.path.getsize(tmp_path / "fp32.tflite")
 
 
-@pytest.mark.slow(seconds=13)
-def test_bench_json_shape(capsys):
-    assert cli.main(["bench", "v3_small", "--alpha", "0.35", "--resolution", "64", "--backends", "keras,tflite",
-                     "--repeats", "3", "--threads", "2", "--json"]) == 0
+@pytest.mark.slow(seconds=20)
+def test_bench_json_shape_and_op_profile(capsys):
+    """Latency rows per backend; with --op-profile, TFLite's op profiler per TFLite file:
+    XNNPACK's float and int8 kernels by name, slowest first."""
+    assert cli.main(["bench", "v3_small", "--alpha", "0.35", "--resolution", "64", "--backends",
+                     "keras,tflite,tflite-int8", "--repeats", "3", "--threads", "2", "--op-profile", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["backend"] for r in result["results"]] == ["keras", "tflite"]
+    assert [r["backend"] for r in result["results"]] == ["keras", "tflite", "tflite-int8"]
     for row in result["results"]:
         assert 0 < row["latency_ms"] <= row["p90_ms"] and row["images_per_second"] > 0
         assert row["model_bytes"] > 100_000 and 0 < row["peak_share"] < 1
-    tflite = result["results"][1]
-    assert tflite["xnnpack_partitions"] == 1 and tflite["ops_outside_xnnpack"] == {}
+    keras_row, fp32, int8 = result["results"]
+    assert fp32["xnnpack_partitions"] == 1 and fp32["ops_outside_xnnpack"] == {} and "op_profile" not in keras_row
+    for row, kernel in ((fp32, "Delegate/HardSwish (NC)"), (int8, "Delegate/Convolution (NHWC, QC8) DWConv")):
+        kernels = {k["kernel"]: k for k in row["op_profile"]}
+        assert kernels[kernel]["nodes"] > 0 and abs(sum(k["share"] for k in kernels.values()) - 1) < 0.02
+        shares = [k["share"] for k in row["op_profile"]]
+        assert shares == sorted(shares, reverse=True)
+    assert cli.main(["bench", "v3_small", "--alpha", "0.35", "--resolution", "32", "--backends", "tflite-fp32",
+                     "--repeats", "3", "--op-profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "tflite-fp32: TFLite's op profiler, 3 runs (1 threads)" in printed and "Delegate/HardSwish (NC)" in printed
 
 
 def test_export_and_bench_bad_input(capsys):

@@ -10,7 +10,7 @@ import keras
 
 import mobilenet_tf
 from conftest import randomize_batchnorm
-from mobilenet_tf import benchmark, export
+from mobilenet_tf import benchmark, export, op_profile
 from mobilenet_tf.heads.facenet.model import L2Normalization
 
 
@@ -31,23 +31,45 @@ def test_batchnorm_from_data_makes_inference_match_the_batch_statistics():
     assert all(layer.momentum == 0.99 for layer in model.layers if type(layer).__name__ == "BatchNormalization")
 
 
-@pytest.mark.slow(seconds=21)
+@pytest.mark.slow(seconds=24)
 def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp_path):
-    """h-swish as (x / 6) * ReLU6(x + 3): no HARD_SWISH op in int8 (XNNPACK has no int8
-    kernel for it), so the int8 graph is split into no more partitions than fp32's;
-    float files are converted from x * (ReLU6(x + 3) / 6), one HARD_SWISH op each."""
+    """Float files are converted from x * (ReLU6(x + 3) / 6), one HARD_SWISH op each;
+    int8 files from x * ReLU6(x + 3) with the 1/6 in the next kernels
+    (``fold_hard_swish_scale``): no HARD_SWISH op (XNNPACK has no int8 kernel for it),
+    one XNNPACK partition, and no multiply besides the model's own products and the
+    input scaling, which XNNPACK turns into one hard-swish operator each (TFLite's op
+    profiler shows it). The stem convolution over RGB stays float in int8."""
     model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(96, 96, 3))
     images = _images(8, 96)
     benchmark.batchnorm_from_data(model, images)
-    fp32 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "fp32.tflite")), threads=2)
-    int8 = export.TFLiteModel(export.to_tflite(model, str(tmp_path / "int8.tflite"), "int8", images[:, None]),
-                              threads=2)
+    fp32_path = export.to_tflite(model, str(tmp_path / "fp32.tflite"))
+    int8_path = export.to_tflite(model, str(tmp_path / "int8.tflite"), "int8", images[:, None])
+    fp32, int8 = export.TFLiteModel(fp32_path, threads=2), export.TFLiteModel(int8_path, threads=2)
     swishes = sum(layer.name + "_scaled" in {other.name for other in model.layers} for layer in model.layers)
+    multiplies = sum(type(layer).__name__ == "Multiply" for layer in model.layers)  # h-swish and SE products
     int8_ops, fp32_ops = int8.op_counts(), fp32.op_counts()
     assert swishes == 19 and fp32_ops["HARD_SWISH"] == swishes and "HARD_SWISH" not in int8_ops
+    assert int8_ops["MUL"] == multiplies + 1  # + the input scaling; (x / 6) * ReLU6(x + 3) had 28 more
     assert int8_ops["DELEGATE"] == fp32_ops["DELEGATE"] == 1
     assert int8.ops_outside_delegate() == fp32.ops_outside_delegate() == {}
     np.testing.assert_allclose(fp32(images[:2]), np.asarray(model(images[:2])), atol=1e-5)
+    np.testing.assert_allclose(int8(images[:2]), np.asarray(model(images[:2])), atol=0.05)
+    # The stem convolution (and the input scaling before it) run in float, the rest in int8.
+    bare = export.bare_interpreter(open(int8_path, "rb").read())
+    dtypes = {t["index"]: t["dtype"] for t in bare.get_tensor_details()}
+    convolutions = [op for op in bare._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert [dtypes[op["inputs"][0]] == np.float32 for op in convolutions] == [True] + [False] * (len(convolutions) - 1)
+    # TFLite's op profiler: one XNNPACK node per convolution, one hard-swish operator per
+    # h-swish in fp32 (HardSwish) and in int8 (x * clamp(x + 3, 0, 6), fused by XNNPACK).
+    fp32_kernels = {k.name: k for k in op_profile.op_profile(fp32_path, threads=2, runs=3).by_type}
+    int8_kernels = {k.name: k for k in op_profile.op_profile(int8_path, threads=2, runs=3).by_type}
+    for kernels, ops in ((fp32_kernels, fp32_ops), (int8_kernels, int8_ops)):
+        convolution_nodes = sum(k.count for name, k in kernels.items() if "Convolution" in name or "Connected" in name)
+        assert convolution_nodes == ops["CONV_2D"] + ops["DEPTHWISE_CONV_2D"]
+        assert abs(sum(k.share for k in kernels.values()) - 1) < 0.02
+    assert fp32_kernels["Delegate/HardSwish (NC)"].count == swishes
+    assert int8_kernels["Delegate/Multiply (ND)"].count == multiplies + 1 - swishes
+    assert "Delegate/Convolution (NHWC, F32) IGEMM" in int8_kernels  # the float stem
     # The fused graph shares the model's layers and leaves the model itself alone.
     # A model compiled with a loss Keras cannot deserialize (as the SSDLite recipe's is).
     model.compile(loss=lambda y_true, y_pred: keras.ops.mean(y_pred))
@@ -58,11 +80,47 @@ def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp
     assert fused.get_layer("conv") is model.get_layer("conv")
     np.testing.assert_allclose(np.asarray(fused(images[:2])), np.asarray(model(images[:2])), atol=1e-6)
     plain = mobilenet_tf.build("v2", alpha=0.35, input_shape=(96, 96, 3))
-    assert export.fuse_hard_swish(plain) is plain
+    assert export.fuse_hard_swish(plain) is plain and export.fold_hard_swish_scale(plain) is plain
     # Dict outputs stay a dict (the SSDLite deploy graph reads output["classes"]).
     named = keras.Model(model.input, {"features": model.get_layer("conv").output, "logits": model.output})
-    fused_named = export.fuse_hard_swish(named)
-    assert isinstance(fused_named.output, dict) and set(fused_named.output) == {"features", "logits"}
+    for rewrite in (export.fuse_hard_swish, export.fold_hard_swish_scale):
+        rewritten = rewrite(named)
+        assert isinstance(rewritten.output, dict) and set(rewritten.output) == {"features", "logits"}
+
+
+@pytest.mark.slow(seconds=12)
+def test_folding_the_hard_swish_scale_computes_the_same_function():
+    """``fold_hard_swish_scale`` moves h-swish's and h-sigmoid's 1/6 into the kernels
+    downstream: the same outputs for V3 classifiers, SSDLite and LR-ASPP. Where the scaled
+    value reaches a layer that cannot take the factor (V3-Large's first h-swish feeds a
+    residual add; a feature extractor's last one is its output), that h-swish keeps / 6."""
+    from heads.segmentation.model import build_lraspp
+    from heads.ssdlite.model import build_ssdlite
+
+    images = _images(4, 96)
+    models = {"v3_small": mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(96, 96, 3)),
+              "v3_large": mobilenet_tf.build("v3_large", input_shape=(96, 96, 3)),  # at 0.35 no first residual
+              "v3_large_features": mobilenet_tf.build("v3_large", input_shape=(96, 96, 3), include_top=False),
+              "ssdlite": build_ssdlite("v3_small", num_classes=3, input_size=96, alpha=0.35),
+              "lraspp": build_lraspp("v3_small", num_classes=3, input_shape=(96, 96, 3), alpha=0.35)}
+    kept = {}
+    for name, model in models.items():
+        randomize_batchnorm(model)  # statistics from data made SSDLite's 1x1 maps chaotic (1e-6 in, 0.6 out)
+        folded = export.fold_hard_swish_scale(model)
+        kept[name] = sorted(layer.name for layer in folded.layers if layer.name.endswith("_scaled"))
+        for ours, theirs in zip(keras.tree.flatten(folded(images, training=False)),
+                                keras.tree.flatten(model(images, training=False))):
+            theirs = np.asarray(theirs)
+            np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4 * np.abs(theirs).max())
+        # New layers where a kernel took a factor; the others (the stem) are the model's own.
+        own = {layer.name: layer for layer in model.layers if type(layer).__name__ != "InputLayer"}
+        taken = [layer for layer in folded.layers if layer.name in own and layer is not own[layer.name]]
+        assert taken and {type(layer).__name__ for layer in taken} <= set(export.SCALE_TAKING_LAYERS)
+        assert folded.get_layer("conv") is model.get_layer("conv")
+    assert kept["v3_small"] == kept["ssdlite"] == kept["lraspp"] == []
+    assert kept["v3_large"] == ["conv_act_scaled"]  # feeds expanded_conv's residual add
+    last = models["v3_large_features"].layers[-1].name
+    assert kept["v3_large_features"] == sorted(["conv_act_scaled", last + "_scaled"])
 
 
 def _plain_int8(model, data, path):

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-BELOW_TRAINING = ["mobilenet_tf", "mobilenet_tf.export", "mobilenet_tf.benchmark", "mobilenet_tf.compress",
+BELOW_TRAINING = ["mobilenet_tf", "mobilenet_tf.export", "mobilenet_tf.op_profile", "mobilenet_tf.benchmark",
+                  "mobilenet_tf.compress",
                   "mobilenet_tf.compressed_format",
                   "mobilenet_tf.walkers", "mobilenet_tf.profile", "mobilenet_tf.weights", "mobilenet_tf.zoo",
                   "mobilenet_tf.heads.ssdlite", "mobilenet_tf.heads.ssdlite.deploy", "mobilenet_tf.heads.segmentation",

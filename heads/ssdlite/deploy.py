@@ -144,9 +144,7 @@ def is_postprocess_tensor(name):
 
 
 def _postprocess_tensor_names(flatbuffer):
-    interpreter = tf.lite.Interpreter(
-        model_content=flatbuffer,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = export.bare_interpreter(flatbuffer)
     return sorted({t["name"] for t in interpreter.get_tensor_details() if is_postprocess_tensor(t["name"])})
 
 
@@ -169,6 +167,8 @@ def to_tflite_detector(model, path, quantization=None, representative_images=Non
         raise ValueError("`quantization='int8'` needs `representative_images`.")
     if quantization != "int8":  # float: h-swish as one HARD_SWISH op (see export.fuse_hard_swish)
         model = export.fuse_hard_swish(model)
+    else:  # int8: h-swish as x * ReLU6(x + 3), which XNNPACK fuses (see export.fold_hard_swish_scale)
+        model = export.fold_hard_swish_scale(model)
     graph = _TFLiteGraph(model, score_threshold, activation, nms)
     calibration = export.calibration_generator(representative_images, calibration_steps)
     with tempfile.TemporaryDirectory() as saved_model:
