@@ -28,6 +28,8 @@ setup(
         "safetensors",  # timm checkpoints (MobileNetV4 weights), read without PyTorch
     ],
     # LiteRT: the maintained TFLite interpreter (tf.lite.Interpreter is deprecated); used where installed.
-    extras_require={"litert": ["ai-edge-litert"], "test": ["pytest", "pytest-xdist", "ai-edge-litert"]},
+    # ONNX: tf2onnx + ONNX Runtime, the peer deployment path benchmarks/deploy.py times beside TFLite.
+    extras_require={"litert": ["ai-edge-litert"], "onnx": ["tf2onnx", "onnxruntime"],
+                    "test": ["pytest", "pytest-xdist", "ai-edge-litert", "tf2onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["mobilenet-tf=mobilenet_tf.cli:main"]},
 )

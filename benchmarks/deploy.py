@@ -23,7 +23,10 @@ otherwise deploy. Its V3 builds h-swish as x * (ReLU6(x + 3) / 6), which the con
 fuses into a HARD_SWISH op in int8 too, which XNNPACK has no int8 kernel for; ours
 builds (x / 6) * ReLU6(x + 3) (``blocks.hard_swish``) and converts float files from
 the fused layout (``export.fuse_hard_swish``). The partition columns give the XNNPACK
-partitions of each int8 file and the ops XNNPACK left to TFLite's kernels.
+partitions of each int8 file and the ops XNNPACK left to TFLite's kernels. Where
+tf2onnx and ONNX Runtime are installed (``pip install -e ".[onnx]"``), the same model
+converted by tf2onnx runs on ONNX Runtime in the same rounds (its CPU provider, the
+same threads): the deployment a PyTorch user would pick.
 
 ``--op-profile`` adds, per model, TFLite's op profiler on its fp32 and int8 files
 (``mobilenet_tf.op_profile``, the same threads): milliseconds per run of each XNNPACK
@@ -71,6 +74,16 @@ def keras_applications_model(name, resolution, images):
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
+def onnx_installed():
+    """Whether tf2onnx and ONNX Runtime are installed (``pip install -e ".[onnx]"``)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def measure(name, resolution, threads, repeats, images, tmp, profile=False):
     """{column: ms} for one model, its TFLite files timed in one alternation (and, with
     ``profile``, "profile": {"fp32" / "int8": OpProfile})."""
@@ -84,9 +97,12 @@ def measure(name, resolution, threads, repeats, images, tmp, profile=False):
         files["peer fp32"] = export.to_tflite(peer, os.path.join(tmp, "peer_fp32.tflite"))
         files["peer int8"] = export.to_tflite(peer, os.path.join(tmp, "peer_int8.tflite"), "int8", calibration)
     interpreters = {column: export.TFLiteModel(path, threads) for column, path in files.items()}
+    runners = dict(interpreters)
+    if onnx_installed():  # the same model on ONNX Runtime, converted by tf2onnx, in the same rounds
+        runners["onnx"] = export.ONNXModel(export.to_onnx(model, os.path.join(tmp, "model.onnx")), threads)
     x = images[:1]
     ms = {column: seconds * 1e3 for column, seconds in
-          zip(interpreters, benchmark.median_seconds(list(interpreters.values()), x, repeats))}
+          zip(runners, benchmark.median_seconds(list(runners.values()), x, repeats))}
     keras_fn = tf.function(lambda batch: model(batch, training=False))
     ms["keras"] = benchmark.median_seconds([keras_fn], x, max(10, repeats // 5))[0] * 1e3
     partitions = {column: (it.op_counts().get("DELEGATE", 0), it.ops_outside_delegate())
@@ -118,18 +134,18 @@ def main(argv=None):
           f"batch 1, {args.resolution}x{args.resolution}; peak {peak / 1e9:.1f} GMAdds/s (float32 1024^3 matmul)\n")
     print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 | roofline ms "
           "| fp32 / roofline | int8 XNNPACK partitions (ops outside) | keras.applications fp32 ms, int8 ms | "
-          "ours / keras.applications fp32 | keras.applications int8 partitions (ops outside) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ours / keras.applications fp32 | keras.applications int8 partitions (ops outside) | "
+          "ONNX Runtime fp32 ms (tf2onnx) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ms, partitions, madds, _ in rows:
         roofline = madds / peak * 1e3
         peer = (f"{ms['peer fp32']:.2f}, {ms['peer int8']:.2f} | {ms['fp32'] / ms['peer fp32']:.2f}x | "
                 f"{_partitions(partitions['peer int8'])}" if "peer int8" in ms else "- | - | -")
+        onnx = f"{ms['onnx']:.2f}" if "onnx" in ms else "-"
         print(f"| {name} | {madds / 1e6:.0f}M | {ms['keras']:.1f} | {ms['fp32']:.2f} | {ms['fp16']:.2f} "
               f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
-              f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} |",
-              flush=True)
-
-
+              f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} "
+              f"| {onnx} |", flush=True)
     for name, _, partitions, _, _ in rows:
         if "profile" in partitions:
             print(f"\n{name}: TFLite's op profiler, {args.repeats} runs, {args.threads} threads\n")

@@ -12,6 +12,8 @@ the next kernels (``fold_hard_swish_scale``), the RGB stem in float
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -417,6 +419,47 @@ class TFLiteModel:
             if op["op_name"] != "DELEGATE" and op["index"] not in inside:
                 outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
         return outside
+
+
+def to_onnx(model, path, opset=17):
+    """Convert a Keras model to an ONNX file with tf2onnx (``pip install
+    mobilenet_tf[onnx]``), from the SavedModel the TFLite converter reads, h-swish
+    fused as in float TFLite files; returns ``path``. ``ONNXModel`` runs it on ONNX
+    Runtime: the deployment a PyTorch-minded user would otherwise pick, side by side in
+    ``benchmarks/deploy.py``. Converted by tf2onnx's command line in a child process
+    (its documented path for SavedModels)."""
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError as error:
+        raise ValueError("`to_onnx` needs tf2onnx (pip install tf2onnx onnxruntime, or mobilenet_tf[onnx]).") \
+            from error
+    with tempfile.TemporaryDirectory() as saved_model:
+        save_inference(fuse_hard_swish(model) if _is_keras3(model) else model, saved_model)
+        done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved_model, "--output",
+                               str(path), "--opset", str(opset)], capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.isfile(path):
+        raise RuntimeError(f"tf2onnx could not convert the model (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return path
+
+
+class ONNXModel:
+    """An ``.onnx`` file on ONNX Runtime's CPU provider as a callable, like
+    ``TFLiteModel``: ``ONNXModel(path, threads=2)(batch) -> numpy`` (the first output)."""
+
+    def __init__(self, path, threads=None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ValueError("`ONNXModel` needs onnxruntime (pip install onnxruntime, or mobilenet_tf[onnx]).") \
+                from error
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch):
+        return self.session.run(None, {self._input: np.asarray(batch, np.float32)})[0]
 
 
 def save_function(model, fn, input_spec, path):

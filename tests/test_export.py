@@ -1,5 +1,6 @@
 """TFLite export: the int8 fast path of V3, the interpreters, trained-like BN statistics."""
 
+import sys
 import tempfile
 
 import numpy as np
@@ -121,6 +122,24 @@ def test_folding_the_hard_swish_scale_computes_the_same_function():
     assert kept["v3_large"] == ["conv_act_scaled"]  # feeds expanded_conv's residual add
     last = models["v3_large_features"].layers[-1].name
     assert kept["v3_large_features"] == sorted(["conv_act_scaled", last + "_scaled"])
+
+
+@pytest.mark.slow(seconds=16)
+def test_onnx_runtime_runs_the_model_tf2onnx_converts(tmp_path, monkeypatch):
+    """The peer deployment path: tf2onnx converts our model (h-swish fused, as float
+    TFLite files), ONNX Runtime runs it as Keras does, at any batch size."""
+    model = mobilenet_tf.build("v3_small", alpha=0.35, input_shape=(64, 64, 3))
+    images = _images(3, 64)
+    benchmark.batchnorm_from_data(model, images)
+    onnx = export.ONNXModel(export.to_onnx(model, tmp_path / "model.onnx"), threads=2)
+    for batch in (images[:1], images):
+        np.testing.assert_allclose(onnx(batch), np.asarray(model(batch, training=False)), atol=1e-5)
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # not installed
+    with pytest.raises(ValueError, match="needs tf2onnx"):
+        export.to_onnx(model, tmp_path / "other.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ValueError, match="needs onnxruntime"):
+        export.ONNXModel(tmp_path / "model.onnx")
 
 
 def _plain_int8(model, data, path):
