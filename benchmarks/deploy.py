@@ -74,6 +74,9 @@ def keras_applications_model(name, resolution, images):
     return benchmark.batchnorm_from_data(model, images[:16])
 
 
+ONNX_REFUSED = {}  # model name -> why tf2onnx / ONNX Runtime could not run it
+
+
 def onnx_installed():
     """Whether tf2onnx and ONNX Runtime are installed (``pip install -e ".[onnx]"``)."""
     try:
@@ -99,7 +102,10 @@ def measure(name, resolution, threads, repeats, images, tmp, profile=False):
     interpreters = {column: export.TFLiteModel(path, threads) for column, path in files.items()}
     runners = dict(interpreters)
     if onnx_installed():  # the same model on ONNX Runtime, converted by tf2onnx, in the same rounds
-        runners["onnx"] = export.ONNXModel(export.to_onnx(model, os.path.join(tmp, "model.onnx")), threads)
+        try:
+            runners["onnx"] = export.ONNXModel(export.to_onnx(model, os.path.join(tmp, "model.onnx")), threads)
+        except Exception as error:  # tf2onnx or ONNX Runtime refused it: a cell "-", the reason printed
+            ONNX_REFUSED[name] = " ".join(str(error).split())[-300:]
     x = images[:1]
     ms = {column: seconds * 1e3 for column, seconds in
           zip(runners, benchmark.median_seconds(list(runners.values()), x, repeats))}
@@ -146,6 +152,8 @@ def main(argv=None):
               f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
               f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} "
               f"| {onnx} |", flush=True)
+    for name, reason in ONNX_REFUSED.items():
+        print(f"\nONNX Runtime did not run {name}: {reason}")
     for name, _, partitions, _, _ in rows:
         if "profile" in partitions:
             print(f"\n{name}: TFLite's op profiler, {args.repeats} runs, {args.threads} threads\n")

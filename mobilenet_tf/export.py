@@ -164,9 +164,32 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=converter.representative_dataset, debug_options=options())
     calibrated = debugger.calibrated_model
-    named = denylisted_nodes(calibrated) if callable(denylisted_nodes) else denylisted_nodes
-    debugger.options = options([*named, *thin_input_ops(calibrated)])
+    named = [*(denylisted_nodes(calibrated) if callable(denylisted_nodes) else denylisted_nodes),
+             *thin_input_ops(calibrated)]
+    debugger.options = options(named)
+    flatbuffer = debugger.get_nondebug_quantized_model()
+    refused = refused_by_xnnpack(flatbuffer)
+    if not refused:
+        return flatbuffer
+    debugger.options = options([*named, *refused])
     return debugger.get_nondebug_quantized_model()
+
+
+def refused_by_xnnpack(flatbuffer):
+    """Names of the tensors written by the ops XNNPACK refuses in an int8 ``flatbuffer``
+    (which then run on TFLite's kernels, splitting the graph): ``int8_keeping_float``
+    quantizes once more with them in float, where XNNPACK runs them. XNNPACK refuses, for
+    instance, an int8 ADD whose input and output scales differ by more than about 2^10
+    (a residual branch far smaller than the sum), which a calibration can give: SSDLite
+    V3-Large's network file (random weights, BN statistics from 4 images) had 5-7 ADDs
+    outside XNNPACK and 9 partitions. Only quantized ops count (float ones outside, such
+    as a detector's postprocess, have nothing to gain), and not AVERAGE_POOL_2D, which
+    the quantizer keeps in int8 whatever the list says."""
+    with tempfile.TemporaryDirectory() as tmp:
+        interpreter = TFLiteModel(write_file(os.path.join(tmp, "int8.tflite"), flatbuffer))
+        tensors = {t["index"]: t for t in interpreter.interpreter.get_tensor_details()}
+        return sorted(tensors[index]["name"] for op in interpreter.outside_ops() if op["op_name"] != "AVERAGE_POOL_2D"
+                      for index in op["outputs"] if tensors[index]["dtype"] in (np.int8, np.uint8, np.int16))
 
 
 FLOAT_ACTIVATIONS = ("fp32", "float16", "dynamic")  # files whose activations stay float
@@ -398,9 +421,16 @@ class TFLiteModel:
 
     def ops_outside_delegate(self):
         """{op name: count} of the ops XNNPACK left to TFLite's own kernels ({} when
-        XNNPACK runs the whole graph). A partition's ops are those its DELEGATE node's
-        outputs are computed from, back to the partition's inputs; every other op
-        runs outside."""
+        XNNPACK runs the whole graph)."""
+        outside = {}
+        for op in self.outside_ops():
+            outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
+        return outside
+
+    def outside_ops(self):
+        """The op details (name, inputs, outputs) of the ops XNNPACK left to TFLite's
+        own kernels. A partition's ops are those its DELEGATE node's outputs are computed
+        from, back to the partition's inputs; every other op runs outside."""
         ops = self.interpreter._get_ops_details()
         producer = {tensor: op["index"] for op in ops if op["op_name"] != "DELEGATE" for tensor in op["outputs"]}
         by_index = {op["index"]: op for op in ops}
@@ -414,11 +444,7 @@ class TFLiteModel:
                     continue
                 inside.add(index)
                 stack.extend(by_index[index]["inputs"])
-        outside = {}
-        for op in ops:
-            if op["op_name"] != "DELEGATE" and op["index"] not in inside:
-                outside[op["op_name"]] = outside.get(op["op_name"], 0) + 1
-        return outside
+        return [op for op in ops if op["op_name"] != "DELEGATE" and op["index"] not in inside]
 
 
 def to_onnx(model, path, opset=17):

@@ -173,6 +173,26 @@ def test_int8_keeps_what_xnnpack_cannot_run_in_int8_in_float(tmp_path):
     np.testing.assert_allclose(ours(data[0]), model(data[0]), atol=0.05)
 
 
+def test_int8_keeps_the_ops_xnnpack_refuses_after_calibration_in_float(tmp_path):
+    """An int8 ADD of a shortcut far smaller than the sum (its input and output scales
+    far apart) is refused by XNNPACK, as other ops can be after a calibration:
+    ``to_tflite`` finds the refused ops in the quantized file and keeps them float."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 8))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    branch = keras.layers.Rescaling(1e5)(keras.layers.Conv2D(8, 1)(x))  # dwarfs the shortcut x
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(keras.layers.Add()([x, branch])))
+    data = [np.random.default_rng(i).normal(size=(1, 8, 8, 8)).astype("float32") for i in range(8)]
+    plain = _plain_int8(model, data, tmp_path / "plain.tflite")
+    assert plain.ops_outside_delegate() == {"ADD": 1}
+    path = export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data)
+    ours = export.TFLiteModel(path)
+    assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
+    assert export.refused_by_xnnpack(open(path, "rb").read()) == []
+    reference = np.asarray(model(data[0]))
+    np.testing.assert_allclose(ours(data[0]), reference, atol=0.05 * np.abs(reference).max())
+
+
 def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):
     """Neither has an int8 kernel in XNNPACK either: a ReLU after a residual add that the
     add cannot absorb (its output also feeds the next add; Xception's pre-activations)
