@@ -105,7 +105,8 @@ def measure(name, resolution, threads, repeats, images, tmp, profile=False):
         try:
             runners["onnx"] = export.ONNXModel(export.to_onnx(model, os.path.join(tmp, "model.onnx")), threads)
         except Exception as error:  # tf2onnx or ONNX Runtime refused it: a cell "-", the reason printed
-            ONNX_REFUSED[name] = " ".join(str(error).split())[-300:]
+            reason = " ".join(str(error).split())  # its end names the op
+            ONNX_REFUSED[name] = reason if len(reason) <= 300 else "..." + reason[-300:]
     x = images[:1]
     ms = {column: seconds * 1e3 for column, seconds in
           zip(runners, benchmark.median_seconds(list(runners.values()), x, repeats))}
@@ -167,27 +168,36 @@ def operator(kernel):
 
 
 def _profile_table(fp32, int8):
-    """Operators, slowest in fp32 first: ms per run (nodes) in each file, int8 / fp32."""
-    sums = {}
-    for column, profile in (("fp32", fp32), ("int8", int8)):
-        sums[column] = collections.defaultdict(lambda: [0.0, 0])
-        for kernel in profile.by_type:
-            sums[column][operator(kernel.name)][0] += kernel.ms
-            sums[column][operator(kernel.name)][1] += kernel.count
-    names = sorted(set(sums["fp32"]) | set(sums["int8"]), key=lambda n: (-sums["fp32"][n][0], -sums["int8"][n][0]))
+    """Operators, slowest in fp32 first: ms per run (nodes) in each file, and int8 / fp32."""
+    totals = {"fp32": _by_operator(fp32), "int8": _by_operator(int8)}
+    names = sorted(set(totals["fp32"]) | set(totals["int8"]),
+                   key=lambda n: (-totals["fp32"].get(n, (0.0, 0))[0], -totals["int8"].get(n, (0.0, 0))[0]))
     lines = ["| operator | fp32 ms (nodes) | int8 ms (nodes) | int8 / fp32 |", "|---|---|---|---|"]
-    for n in names + ["all"]:
-        (a, a_nodes), (b, b_nodes) = ((fp32.ms, "") if n == "all" else sums["fp32"][n],
-                                      (int8.ms, "") if n == "all" else sums["int8"][n])
-        cell = lambda ms, nodes: "-" if nodes == 0 else f"{ms:.3f}" + (f" ({nodes})" if nodes else "")  # noqa: E731
-        lines.append(f"| {n} | {cell(a, a_nodes)} | {cell(b, b_nodes)} | {b / a:.2f} |" if a and b else
-                     f"| {n} | {cell(a, a_nodes)} | {cell(b, b_nodes)} | - |")
+    for name in names:
+        ours, theirs = totals["fp32"].get(name), totals["int8"].get(name)
+        ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs and ours[0] > 0 and theirs[0] > 0 else "-"
+        lines.append(f"| {name} | {_cell(ours)} | {_cell(theirs)} | {ratio} |")
+    lines.append(f"| all | {fp32.ms:.3f} | {int8.ms:.3f} | {int8.ms / fp32.ms:.2f} |")
     return "\n".join(lines)
+
+
+def _by_operator(profile):
+    """{operator: (ms per run, nodes)}, the kernels of one operator summed."""
+    totals = collections.defaultdict(lambda: (0.0, 0))
+    for kernel in profile.by_type:
+        ms, nodes = totals[operator(kernel.name)]
+        totals[operator(kernel.name)] = (ms + kernel.ms, nodes + kernel.count)
+    return dict(totals)
+
+
+def _cell(total):
+    return "-" if total is None else f"{total[0]:.3f} ({total[1]})"
 
 
 def _partitions(counted):
     count, outside = counted
     return f"{count} ({', '.join(f'{op} x{n}' for op, n in sorted(outside.items())) or 'none'})"
+
 
 if __name__ == "__main__":
     main()
