@@ -35,9 +35,7 @@ name: the int8 file's float stem is its "Convolution IGEMM").
 """
 
 import argparse
-import collections
 import os
-import re
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -158,40 +156,7 @@ def main(argv=None):
     for name, _, partitions, _, _ in rows:
         if "profile" in partitions:
             print(f"\n{name}: TFLite's op profiler, {args.repeats} runs, {args.threads} threads\n")
-            print(_profile_table(partitions["profile"]["fp32"], partitions["profile"]["int8"]))
-
-
-def operator(kernel):
-    """XNNPACK's kernel name without "Delegate/", its precision and its variant number:
-    "Delegate/Convolution (NHWC, QC8) DWConv" -> "Convolution DWConv"."""
-    return re.sub(r"\s+", " ", re.sub(r"\(.*?\)|^Delegate/|\d+$", "", kernel)).strip()
-
-
-def _profile_table(fp32, int8):
-    """Operators, slowest in fp32 first: ms per run (nodes) in each file, and int8 / fp32."""
-    totals = {"fp32": _by_operator(fp32), "int8": _by_operator(int8)}
-    names = sorted(set(totals["fp32"]) | set(totals["int8"]),
-                   key=lambda n: (-totals["fp32"].get(n, (0.0, 0))[0], -totals["int8"].get(n, (0.0, 0))[0]))
-    lines = ["| operator | fp32 ms (nodes) | int8 ms (nodes) | int8 / fp32 |", "|---|---|---|---|"]
-    for name in names:
-        ours, theirs = totals["fp32"].get(name), totals["int8"].get(name)
-        ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs and ours[0] > 0 and theirs[0] > 0 else "-"
-        lines.append(f"| {name} | {_cell(ours)} | {_cell(theirs)} | {ratio} |")
-    lines.append(f"| all | {fp32.ms:.3f} | {int8.ms:.3f} | {int8.ms / fp32.ms:.2f} |")
-    return "\n".join(lines)
-
-
-def _by_operator(profile):
-    """{operator: (ms per run, nodes)}, the kernels of one operator summed."""
-    totals = collections.defaultdict(lambda: (0.0, 0))
-    for kernel in profile.by_type:
-        ms, nodes = totals[operator(kernel.name)]
-        totals[operator(kernel.name)] = (ms + kernel.ms, nodes + kernel.count)
-    return dict(totals)
-
-
-def _cell(total):
-    return "-" if total is None else f"{total[0]:.3f} ({total[1]})"
+            print(op_profile.comparison_table(partitions["profile"]["fp32"], partitions["profile"]["int8"]))
 
 
 def _partitions(counted):

@@ -10,10 +10,15 @@ int8 (calibrated on random images, for speed only) after them. Random weights,
 with BatchNormalization statistics from two random images
 (``benchmark.batchnorm_from_data``: int8 of a freshly initialised model gets scales
 no trained model has). Prints a Markdown table with MAdds and the ratio Keras / TFLite.
+
+``--op-profile`` adds, per row, TFLite's op profiler on its fp32 and int8 files
+(``mobilenet_tf.op_profile``, the same threads, ``--repeats`` runs): milliseconds per
+run of each operator, fp32 beside int8.
 """
 
 import argparse
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import benchmark  # noqa: E402
+from mobilenet_tf import benchmark, export, op_profile  # noqa: E402
 from mobilenet_tf.heads import segmentation  # noqa: E402
 
 
@@ -32,12 +37,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 conversion and timing")
+    parser.add_argument("--op-profile", action="store_true", help="also print each row's op profile, fp32 vs int8")
     args = parser.parse_args(argv)
+    if args.op_profile and args.no_int8:
+        parser.error("--op-profile compares the fp32 and int8 files: drop --no-int8")
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, TFLite threads {args.threads}, batch 1\n")
     print("| backbone | input | MAdds | Keras ms | TFLite fp32 ms | Keras / TFLite | TFLite int8 ms |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
+    profiles = []
     for backbone in args.backbones.split(","):
         for size in args.sizes.split(","):
             height, width = (int(v) for v in size.split("x"))
@@ -52,8 +61,22 @@ def main(argv=None):
                 int8 = benchmark.bench(model, ["tflite-int8"], threads=args.threads, repeats=args.repeats,
                                        calibration=calibration)
                 int8_ms = f"{int8[0]['latency_ms']:.0f}"
+                if args.op_profile:
+                    profiles.append((f"{backbone} {size}", profile_pair(model, calibration, args)))
             print(f"| {backbone} | {height}x{width} | {madds / 1e9:.2f}B | {keras_ms:.0f} | {fp32_ms:.0f} "
                   f"| {keras_ms / fp32_ms:.2f} | {int8_ms} |", flush=True)
+    for name, (fp32, int8) in profiles:
+        print(f"\n{name}: TFLite's op profiler, {args.repeats} runs, {args.threads} threads\n")
+        print(op_profile.comparison_table(fp32, int8))
+
+
+def profile_pair(model, calibration, args):
+    """TFLite's op profiles of ``model``'s fp32 and int8 files (int8 calibrated on
+    ``calibration``, as timed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export.to_tflite(model, os.path.join(tmp, "fp32.tflite"))
+        int8 = export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)
+        return tuple(op_profile.op_profile(path, args.threads, args.repeats) for path in (fp32, int8))
 
 
 if __name__ == "__main__":

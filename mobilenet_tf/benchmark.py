@@ -132,38 +132,33 @@ def bench(model, backends=("keras", "tflite"), batch=1, threads=None, repeats=30
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, shape).astype("float32")
     peak = peak_madds_per_second() if madds else None
-    fns, sizes, paths = [], [], []
+    runs = []  # (backend, callable, model bytes, .tflite path or None), in the order asked
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             if backend == "keras":
-                fns.append(tf.function(lambda images: model(images, training=False)))
-                sizes.append(_weight_bytes(model))
-                paths.append(None)
+                runs.append((backend, tf.function(lambda images: model(images, training=False)),
+                             _weight_bytes(model), None))
                 continue
             quantization = backend_quantization(backend)
             data = calibration
             if quantization == "int8" and data is None:
                 data = [rng.uniform(0, 255, (1,) + shape[1:]).astype("float32") for _ in range(8)]
-            path = export.to_tflite(model, os.path.join(tmp, f"{backend}.tflite"), quantization, data)
-            fns.append(export.TFLiteModel(path, threads, runtime))
-            paths.append(path)
-            sizes.append(os.path.getsize(path))
+            path = export.to_tflite(model, os.path.join(tmp, f"{len(runs)}_{backend}.tflite"), quantization, data)
+            runs.append((backend, export.TFLiteModel(path, threads, runtime), os.path.getsize(path), path))
         # Timed while the files exist (the interpreters may map them).
         results = []
-        for backend, size, samples in zip(backends, sizes, _samples(fns, x, repeats, warmup)):
+        for (backend, fn, size, path), samples in zip(runs, _samples([run[1] for run in runs], x, repeats, warmup)):
             samples = sorted(samples)
             median = statistics.median(samples)
             row = dict(backend=backend, latency_ms=median * 1e3,
                        p90_ms=samples[min(len(samples) - 1, int(0.9 * len(samples)))] * 1e3,
                        images_per_second=batch / median, model_bytes=int(size))
-            if backend != "keras":
-                interpreter = fns[backends.index(backend)]
-                row["runtime"] = interpreter.runtime
-                row["xnnpack_partitions"] = interpreter.op_counts().get("DELEGATE", 0)
-                row["ops_outside_xnnpack"] = interpreter.ops_outside_delegate()
+            if path is not None:
+                row["runtime"] = fn.runtime
+                row["xnnpack_partitions"] = fn.op_counts().get("DELEGATE", 0)
+                row["ops_outside_xnnpack"] = fn.ops_outside_delegate()
                 if op_profile:
-                    profile = op_profiler.op_profile(paths[backends.index(backend)], threads or 1, repeats,
-                                                     warmup, batch)
+                    profile = op_profiler.op_profile(path, threads or 1, repeats, warmup, batch)
                     row["op_profile"] = [dict(kernel=k.name, nodes=k.count, ms=k.ms, share=k.share)
                                          for k in profile.by_type]
             if madds:

@@ -185,11 +185,10 @@ def refused_by_xnnpack(flatbuffer):
     outside XNNPACK and 9 partitions. Only quantized ops count (float ones outside, such
     as a detector's postprocess, have nothing to gain), and not AVERAGE_POOL_2D, which
     the quantizer keeps in int8 whatever the list says."""
-    with tempfile.TemporaryDirectory() as tmp:
-        interpreter = TFLiteModel(write_file(os.path.join(tmp, "int8.tflite"), flatbuffer))
-        tensors = {t["index"]: t for t in interpreter.interpreter.get_tensor_details()}
-        return sorted(tensors[index]["name"] for op in interpreter.outside_ops() if op["op_name"] != "AVERAGE_POOL_2D"
-                      for index in op["outputs"] if tensors[index]["dtype"] in (np.int8, np.uint8, np.int16))
+    interpreter = TFLiteModel(flatbuffer)
+    tensors = {t["index"]: t for t in interpreter.interpreter.get_tensor_details()}
+    return sorted(tensors[index]["name"] for op in interpreter.outside_ops() if op["op_name"] != "AVERAGE_POOL_2D"
+                  for index in op["outputs"] if tensors[index]["dtype"] in (np.int8, np.uint8, np.int16))
 
 
 FLOAT_ACTIVATIONS = ("fp32", "float16", "dynamic")  # files whose activations stay float
@@ -227,9 +226,7 @@ def fuse_hard_swish(model):
 
     from mobilenet_tf import walkers
 
-    names = {layer.name for layer in walkers.flat_layers(model)}
-    swishes = {layer.name for layer in walkers.flat_layers(model)
-               if type(layer).__name__ == "Multiply" and layer.name + blocks.HARD_SWISH_SCALED in names}
+    swishes = _hard_swish_products(list(walkers.flat_layers(model)))  # clone_model rebuilds nested models too
     if not swishes:
         return model
 
@@ -248,6 +245,14 @@ def fuse_hard_swish(model):
     # ``input``/``output`` (not the flat ``inputs``/``outputs``) keep dict outputs a dict.
     view = keras.Model(model.input, model.output, name=model.name)
     return keras.models.clone_model(view, clone_function=lambda layer: layer, call_function=call, recursive=True)
+
+
+def _hard_swish_products(layers):
+    """Names of the ``blocks.hard_swish`` products among ``layers``: each Multiply
+    beside whose name ``layers`` holds its "<name>_scaled" x / 6 Rescaling."""
+    names = {layer.name for layer in layers}
+    return {layer.name for layer in layers
+            if type(layer).__name__ == "Multiply" and layer.name + blocks.HARD_SWISH_SCALED in names}
 
 
 # Layers the 1/6 that ``fold_hard_swish_scale`` takes out of h-swish passes through
@@ -271,9 +276,9 @@ def fold_hard_swish_scale(model):
     add, as V3-Large's first one does, a ReLU, BatchNormalization, a nested model, the
     output) keeps its / 6. Models without h-swish come back unchanged.
     """
+    # The outer graph's layers only: a factor does not cross into or out of a nested model.
+    swishes = _hard_swish_products(model.layers)
     names = {layer.name for layer in model.layers}
-    swishes = {layer.name for layer in model.layers
-               if type(layer).__name__ == "Multiply" and layer.name + blocks.HARD_SWISH_SCALED in names}
     sigmoids = {layer.name for layer in model.layers
                 if type(layer).__name__ == "Rescaling" and layer.name + blocks.HARD_SIGMOID_GATE in names}
     while swishes or sigmoids:
@@ -384,14 +389,15 @@ def interpreter_class(runtime=None):
 class TFLiteModel:
     """A ``.tflite`` file as a callable: ``TFLiteModel(path, threads=2)(batch) -> numpy``.
 
-    Runs on the LiteRT interpreter where installed, else ``tf.lite.Interpreter``
-    (``runtime`` picks one), both with XNNPACK. Resizes the input tensor to the
-    batch's shape when it differs.
+    ``path``: the file, or its flatbuffer as ``bytes``. Runs on the LiteRT interpreter
+    where installed, else ``tf.lite.Interpreter`` (``runtime`` picks one), both with
+    XNNPACK. Resizes the input tensor to the batch's shape when it differs.
     """
 
     def __init__(self, path, threads=None, runtime=None):
         self.runtime = runtime or default_runtime()
-        self.interpreter = interpreter_class(self.runtime)(model_path=path, num_threads=threads)
+        source = dict(model_content=path) if isinstance(path, bytes) else dict(model_path=path)
+        self.interpreter = interpreter_class(self.runtime)(**source, num_threads=threads)
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._outputs = self.interpreter.get_output_details()

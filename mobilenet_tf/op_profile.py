@@ -17,10 +17,12 @@ model, one input / output buffer per tensor (a dynamic batch runs at ``batch``; 
 inputs are uniform noise in [-1, 1]), then ``runs`` profiled calls after ``warmup``.
 """
 
+import collections
 import contextlib
 import ctypes
 import dataclasses
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -62,6 +64,44 @@ class OpProfile:
         lines = ["| kernel | nodes | ms per run | share |", "|---|---|---|---|"]
         lines += [f"| {row.name} | {row.count} | {row.ms:.3f} | {row.share:.1%} |" for row in self.by_type[:top]]
         return "\n".join(lines)
+
+    def by_operator(self):
+        """{operator: (ms per run, nodes)}: the kernels of one operator summed over
+        precisions and variants (``operator``)."""
+        totals = collections.defaultdict(lambda: (0.0, 0))
+        for row in self.by_type:
+            ms, nodes = totals[operator(row.name)]
+            totals[operator(row.name)] = (ms + row.ms, nodes + row.count)
+        return dict(totals)
+
+
+def operator(kernel):
+    """XNNPACK's kernel name without "Delegate/", its precision and its variant number
+    (and a repeated name once): "Delegate/Convolution (NHWC, QC8) DWConv" ->
+    "Convolution DWConv", "Delegate/Average Pooling (NHWC, F32) Average Pooling" ->
+    "Average Pooling"; a TFLite op's name stays as it is."""
+    name = re.sub(r"\s+", " ", re.sub(r"\(.*?\)|^Delegate/|\d+$", "", kernel)).strip()
+    return re.sub(r"^(.+) \1$", r"\1", name)
+
+
+def comparison_table(fp32, int8):
+    """Two profiles of one model (its fp32 and int8 files) side by side as a Markdown
+    table: each operator's ms per run (nodes) in both, slowest in fp32 first, and
+    int8 / fp32; the last row sums all kernels."""
+    totals = {"fp32": fp32.by_operator(), "int8": int8.by_operator()}
+    names = sorted(set(totals["fp32"]) | set(totals["int8"]),
+                   key=lambda n: (-totals["fp32"].get(n, (0.0, 0))[0], -totals["int8"].get(n, (0.0, 0))[0]))
+    lines = ["| operator | fp32 ms (nodes) | int8 ms (nodes) | int8 / fp32 |", "|---|---|---|---|"]
+    for name in names:
+        ours, theirs = totals["fp32"].get(name), totals["int8"].get(name)
+        ratio = f"{theirs[0] / ours[0]:.2f}" if ours and theirs and ours[0] > 0 and theirs[0] > 0 else "-"
+        lines.append(f"| {name} | {_cell(ours)} | {_cell(theirs)} | {ratio} |")
+    lines.append(f"| all | {fp32.ms:.3f} | {int8.ms:.3f} | {int8.ms / fp32.ms:.2f} |")
+    return "\n".join(lines)
+
+
+def _cell(total):
+    return "-" if total is None else f"{total[0]:.3f} ({total[1]})"
 
 
 def parse_summary(text):

@@ -28,6 +28,27 @@ def test_the_summary_by_node_type_is_read_kernel_by_kernel():
         op_profile.parse_summary("Timings (microseconds): count=0")
 
 
+def test_fp32_and_int8_profiles_compare_operator_by_operator():
+    """Kernels of one operator sum across precisions and variants; an operator only one
+    file has gets a "-" cell and no ratio; the last row sums everything."""
+    fp32 = op_profile.OpProfile("fp32.tflite", 2, 50, [
+        op_profile.NodeType("Delegate/Convolution (NHWC, F32) IGEMM", 3, 0.6, 0.6),
+        op_profile.NodeType("Delegate/Convolution (NHWC, F32) DWConv 2", 2, 0.4, 0.4)], "")
+    int8 = op_profile.OpProfile("int8.tflite", 2, 50, [
+        op_profile.NodeType("Delegate/Convolution (NHWC, QC8) IGEMM", 2, 0.2, 0.2),
+        op_profile.NodeType("Delegate/Convolution (NHWC, F32) IGEMM", 1, 0.1, 0.1),  # the float stem
+        op_profile.NodeType("Delegate/Convolution (NHWC, QC8) DWConv", 2, 0.5, 0.5),
+        op_profile.NodeType("AVERAGE_POOL_2D", 1, 0.2, 0.2)], "")
+    assert op_profile.operator("Delegate/Convolution (NHWC, QC8) DWConv 2") == "Convolution DWConv"
+    assert op_profile.operator("Delegate/Average Pooling (NHWC, F32) Average Pooling") == "Average Pooling"
+    assert int8.by_operator()["Convolution IGEMM"] == (pytest.approx(0.3), 3)
+    lines = op_profile.comparison_table(fp32, int8).splitlines()
+    assert lines[2:] == ["| Convolution IGEMM | 0.600 (3) | 0.300 (3) | 0.50 |",
+                         "| Convolution DWConv | 0.400 (2) | 0.500 (2) | 1.25 |",
+                         "| AVERAGE_POOL_2D | - | 0.200 (1) | - |",
+                         "| all | 1.000 | 1.000 | 1.00 |"]
+
+
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         op_profile.op_profile(str(tmp_path / "missing.tflite"))
