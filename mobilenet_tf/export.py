@@ -151,28 +151,34 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
     """The int8 flatbuffer of ``converter`` (optimizations and representative dataset
     set) with the ops of the types ``denylisted_ops``, the ops writing the tensors
     named ``denylisted_nodes`` and the ops on the thin RGB input
-    (``thin_input_ops``) kept in float: TFLite's selective quantization (its
-    public form, ``QuantizationDebugger`` with a deny list).
+    (``thin_input_ops``) kept in float: TFLite's selective quantization.
+
+    The converter calibrates once (its calibrate-only mode), then TFLite's quantizer
+    (``mlir_quantize``) turns the calibrated float flatbuffer into int8 with the deny
+    lists, once more if XNNPACK refuses quantized ops (``refused_by_xnnpack``). These
+    are the calls ``tf.lite.experimental.QuantizationDebugger`` makes, without the
+    numeric-verify model it quantizes again on every change of its options (MobileNetV4
+    Hybrid-L at 64 px: 25 -> 17 s, the same bytes).
 
     ``denylisted_nodes``: tensor names, or a function of the calibrated float
     flatbuffer that returns them (names the converter gives are known only after a
     conversion; the calibration's is reused instead of converting once more)."""
-    def options(nodes=()):
-        return tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(denylisted_ops),
-                                                             denylisted_nodes=list(nodes))
+    from tensorflow.lite.python import convert as tflite_convert  # the quantizer QuantizationDebugger calls
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=converter.representative_dataset, debug_options=options())
-    calibrated = debugger.calibrated_model
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # as QuantizationDebugger sets it
+    calibrated = converter.convert()
+
+    def quantized(nodes):
+        return tflite_convert.mlir_quantize(
+            calibrated, disable_per_channel=converter._experimental_disable_per_channel, fully_quantize=False,
+            enable_numeric_verify=False, denylisted_ops=list(denylisted_ops), denylisted_nodes=list(nodes))
+
     named = [*(denylisted_nodes(calibrated) if callable(denylisted_nodes) else denylisted_nodes),
              *thin_input_ops(calibrated)]
-    debugger.options = options(named)
-    flatbuffer = debugger.get_nondebug_quantized_model()
+    flatbuffer = quantized(named)
     refused = refused_by_xnnpack(flatbuffer)
-    if not refused:
-        return flatbuffer
-    debugger.options = options([*named, *refused])
-    return debugger.get_nondebug_quantized_model()
+    return quantized([*named, *refused]) if refused else flatbuffer
 
 
 def refused_by_xnnpack(flatbuffer):
