@@ -165,6 +165,9 @@ def int8_keeping_float(converter, denylisted_ops=FLOAT_IN_INT8, denylisted_nodes
     conversion; the calibration's is reused instead of converting once more)."""
     from tensorflow.lite.python import convert as tflite_convert  # the quantizer QuantizationDebugger calls
 
+    if not converter.optimizations or not converter.representative_dataset:
+        raise ValueError("int8_keeping_float needs a converter with `optimizations` and a `representative_dataset` "
+                         "set (the calibration batches).")
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True  # as QuantizationDebugger sets it
     calibrated = converter.convert()

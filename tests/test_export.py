@@ -188,9 +188,16 @@ def test_int8_keeps_the_ops_xnnpack_refuses_after_calibration_in_float(tmp_path)
     path = export.to_tflite(model, str(tmp_path / "ours.tflite"), "int8", data)
     ours = export.TFLiteModel(path)
     assert ours.ops_outside_delegate() == {} and ours.op_counts()["DELEGATE"] == 1
-    assert export.refused_by_xnnpack(open(path, "rb").read()) == []
+    flatbuffer = open(path, "rb").read()
+    assert export.refused_by_xnnpack(flatbuffer) == []
     reference = np.asarray(model(data[0]))
     np.testing.assert_allclose(ours(data[0]), reference, atol=0.05 * np.abs(reference).max())
+    np.testing.assert_array_equal(export.TFLiteModel(flatbuffer)(data[0]), ours(data[0]))  # from bytes, no file
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec((1, 8, 8, 8)))])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with pytest.raises(ValueError, match="needs a converter with `optimizations` and a `representative_dataset`"):
+        export.int8_keeping_float(converter)
 
 
 def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):
