@@ -78,8 +78,11 @@ class OpProfile:
 def operator(kernel):
     """XNNPACK's kernel name without "Delegate/", its precision and its variant number
     (and a repeated name once): "Delegate/Convolution (NHWC, QC8) DWConv" ->
-    "Convolution DWConv", "Delegate/Average Pooling (NHWC, F32) Average Pooling" ->
-    "Average Pooling"; a TFLite op's name stays as it is."""
+    "Convolution DWConv", "Delegate/Mean (ND) Reduce2" -> "Mean Reduce",
+    "Delegate/Average Pooling (NHWC, F32) Average Pooling" -> "Average Pooling"; a
+    TFLite op's name (ops XNNPACK left out) stays as it is."""
+    if not kernel.startswith("Delegate/"):
+        return kernel
     name = re.sub(r"\s+", " ", re.sub(r"\(.*?\)|^Delegate/|\d+$", "", kernel)).strip()
     return re.sub(r"^(.+) \1$", r"\1", name)
 

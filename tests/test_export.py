@@ -193,11 +193,32 @@ def test_int8_keeps_the_ops_xnnpack_refuses_after_calibration_in_float(tmp_path)
     reference = np.asarray(model(data[0]))
     np.testing.assert_allclose(ours(data[0]), reference, atol=0.05 * np.abs(reference).max())
     np.testing.assert_array_equal(export.TFLiteModel(flatbuffer)(data[0]), ours(data[0]))  # from bytes, no file
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec((1, 8, 8, 8)))])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    export.save_inference(model, str(tmp_path / "saved"))
+
+    def converter():  # as to_tflite makes its own
+        made = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
+        made.optimizations = [tf.lite.Optimize.DEFAULT]
+        return made
+
     with pytest.raises(ValueError, match="needs a converter with `optimizations` and a `representative_dataset`"):
-        export.int8_keeping_float(converter)
+        export.int8_keeping_float(converter())
+    # Byte for byte what TFLite's public selective quantization (QuantizationDebugger
+    # with the same deny lists) gives, with the refused ADD kept float the second time.
+    ours, theirs = converter(), converter()
+    for made in (ours, theirs):
+        made.representative_dataset = export.calibration_generator(data, 100)
+
+    def deny(nodes=()):
+        return tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(export.FLOAT_IN_INT8),
+                                                             denylisted_nodes=list(nodes))
+
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=theirs, debug_dataset=theirs.representative_dataset,
+                                                         debug_options=deny())
+    refused = export.refused_by_xnnpack(debugger.get_nondebug_quantized_model())
+    assert len(refused) == 1
+    debugger.options = deny(refused)
+    assert export.int8_keeping_float(ours) == debugger.get_nondebug_quantized_model()
 
 
 def test_int8_keeps_a_lone_relu_and_the_l2_normalisation_in_float(tmp_path):

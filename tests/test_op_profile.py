@@ -41,6 +41,8 @@ def test_fp32_and_int8_profiles_compare_operator_by_operator():
         op_profile.NodeType("AVERAGE_POOL_2D", 1, 0.2, 0.2)], "")
     assert op_profile.operator("Delegate/Convolution (NHWC, QC8) DWConv 2") == "Convolution DWConv"
     assert op_profile.operator("Delegate/Average Pooling (NHWC, F32) Average Pooling") == "Average Pooling"
+    assert op_profile.operator("Delegate/Mean (ND) Reduce2") == "Mean Reduce"
+    assert op_profile.operator("ATAN2") == "ATAN2"  # a TFLite op keeps its name, digits too
     assert int8.by_operator()["Convolution IGEMM"] == (pytest.approx(0.3), 3)
     lines = op_profile.comparison_table(fp32, int8).splitlines()
     assert lines[2:] == ["| Convolution IGEMM | 0.600 (3) | 0.300 (3) | 0.50 |",
