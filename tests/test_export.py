@@ -142,13 +142,21 @@ def test_onnx_runtime_runs_the_model_tf2onnx_converts(tmp_path, monkeypatch):
         export.ONNXModel(tmp_path / "model.onnx")
 
 
+def _int8_converter(saved_model, data=None):
+    """A TFLite converter of ``saved_model`` set for int8, calibrated on ``data`` (None:
+    no calibration data)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if data is not None:
+        converter.representative_dataset = export.calibration_generator(data, 8)
+    return converter
+
+
 def _plain_int8(model, data, path):
     """The full-integer file a plain conversion writes (no op kept in float)."""
     with tempfile.TemporaryDirectory() as saved_model:
         export.save_inference(model, saved_model)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = export.calibration_generator(data, 8)
+        converter = _int8_converter(saved_model, data)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         return export.TFLiteModel(export.write_file(str(path), converter.convert()))
 
@@ -194,20 +202,13 @@ def test_int8_keeps_the_ops_xnnpack_refuses_after_calibration_in_float(tmp_path)
     np.testing.assert_allclose(ours(data[0]), reference, atol=0.05 * np.abs(reference).max())
     np.testing.assert_array_equal(export.TFLiteModel(flatbuffer)(data[0]), ours(data[0]))  # from bytes, no file
 
-    export.save_inference(model, str(tmp_path / "saved"))
-
-    def converter():  # as to_tflite makes its own
-        made = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved"))
-        made.optimizations = [tf.lite.Optimize.DEFAULT]
-        return made
-
+    saved_model = tmp_path / "saved"
+    export.save_inference(model, str(saved_model))
     with pytest.raises(ValueError, match="needs a converter with `optimizations` and a `representative_dataset`"):
-        export.int8_keeping_float(converter())
+        export.int8_keeping_float(_int8_converter(saved_model))
     # Byte for byte what TFLite's public selective quantization (QuantizationDebugger
     # with the same deny lists) gives, with the refused ADD kept float the second time.
-    ours, theirs = converter(), converter()
-    for made in (ours, theirs):
-        made.representative_dataset = export.calibration_generator(data, 100)
+    ours, theirs = _int8_converter(saved_model, data), _int8_converter(saved_model, data)
 
     def deny(nodes=()):
         return tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(export.FLOAT_IN_INT8),
