@@ -12,7 +12,9 @@ compare. Random weights with BatchNormalization statistics taken from synthetic 
 int8 gets scales no trained model has); int8 is calibrated on synthetic images.
 A model's TFLite files are timed in alternating rounds of one run (median; on this
 shared 2-core VM only ratios within a row are stable), on the LiteRT interpreter
-where installed, with XNNPACK; Keras (a ``tf.function``, no XLA) after them.
+where installed, with XNNPACK; Keras (a ``tf.function``, no XLA) after them. The fp32
+file is timed a second time in the same rounds: the last column, its ratio to the
+first, is the run's noise floor for the ratios in its row.
 
 Roofline: MAdds / the peak multiply-add rate of this machine, measured as the best
 float32 1024x1024 matmul TensorFlow runs here (all cores); "fp32 / roofline" is how
@@ -105,6 +107,9 @@ def measure(name, resolution, threads, repeats, images, tmp, profile=False):
         except Exception as error:  # tf2onnx or ONNX Runtime refused it: a cell "-", the reason printed
             reason = " ".join(str(error).split())  # its end names the op
             ONNX_REFUSED[name] = reason if len(reason) <= 300 else "..." + reason[-300:]
+    # The fp32 file once more: its ratio to the first is this run's noise floor for the
+    # ratios beside it.
+    runners["fp32 again"] = export.TFLiteModel(files["fp32"], threads)
     x = images[:1]
     ms = {column: seconds * 1e3 for column, seconds in
           zip(runners, benchmark.median_seconds(list(runners.values()), x, repeats))}
@@ -140,17 +145,17 @@ def main(argv=None):
     print("| model | MAdds | Keras ms | TFLite fp32 ms | fp16 ms | int8 ms | Keras / fp32 | fp32 / int8 | roofline ms "
           "| fp32 / roofline | int8 XNNPACK partitions (ops outside) | keras.applications fp32 ms, int8 ms | "
           "ours / keras.applications fp32 | keras.applications int8 partitions (ops outside) | "
-          "ONNX Runtime fp32 ms (tf2onnx) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "ONNX Runtime fp32 ms (tf2onnx) | fp32 file timed again / fp32 (noise) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, ms, partitions, madds, _ in rows:
         roofline = madds / peak * 1e3
-        peer = (f"{ms['peer fp32']:.2f}, {ms['peer int8']:.2f} | {ms['fp32'] / ms['peer fp32']:.2f}x | "
+        peer = (f"{ms['peer fp32']:.2f}, {ms['peer int8']:.2f} | {ms['fp32'] / ms['peer fp32']:.3f}x | "
                 f"{_partitions(partitions['peer int8'])}" if "peer int8" in ms else "- | - | -")
         onnx = f"{ms['onnx']:.2f}" if "onnx" in ms else "-"
         print(f"| {name} | {madds / 1e6:.0f}M | {ms['keras']:.1f} | {ms['fp32']:.2f} | {ms['fp16']:.2f} "
               f"| {ms['int8']:.2f} | {ms['keras'] / ms['fp32']:.1f}x | {ms['fp32'] / ms['int8']:.2f}x "
               f"| {roofline:.2f} | {ms['fp32'] / roofline:.1f}x | {_partitions(partitions['int8'])} | {peer} "
-              f"| {onnx} |", flush=True)
+              f"| {onnx} | {ms['fp32 again'] / ms['fp32']:.3f}x |", flush=True)
     for name, reason in ONNX_REFUSED.items():
         print(f"\nONNX Runtime did not run {name}: {reason}")
     for name, _, partitions, _, _ in rows:

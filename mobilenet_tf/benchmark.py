@@ -35,8 +35,10 @@ def median_seconds(fns, x, repeats, warmup=3):
     """Median seconds per call of each function in ``fns`` on input ``x``.
 
     The functions are timed in alternating rounds, so machine noise hits them
-    alike and their ratio is meaningful. Each call's result is converted to
-    numpy, so asynchronous work is included.
+    alike and their ratio is meaningful; each round starts one function later
+    than the last, so none always runs first (the same TFLite file timed first
+    and last in every round measured up to 2% apart). Each call's result is
+    converted to numpy, so asynchronous work is included.
     """
     return [statistics.median(s) for s in _samples(fns, x, repeats, warmup)]
 
@@ -46,11 +48,12 @@ def _samples(fns, x, repeats, warmup):
         for _ in range(warmup):
             np.asarray(fn(x))
     samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, samples):
+    for round_index in range(repeats):
+        for k in range(len(fns)):
+            index = (round_index + k) % len(fns)
             start = time.perf_counter()
-            np.asarray(fn(x))
-            bucket.append(time.perf_counter() - start)
+            np.asarray(fns[index](x))
+            samples[index].append(time.perf_counter() - start)
     return samples
 
 

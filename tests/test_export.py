@@ -32,6 +32,15 @@ def test_batchnorm_from_data_makes_inference_match_the_batch_statistics():
     assert all(layer.momentum == 0.99 for layer in model.layers if type(layer).__name__ == "BatchNormalization")
 
 
+def test_timed_rounds_rotate_so_no_function_always_runs_first():
+    calls = []
+    fns = [lambda x, k=k: calls.append(k) or x for k in range(3)]
+    seconds = benchmark.median_seconds(fns, np.zeros(2), repeats=4, warmup=1)
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]  # after one warm-up call each
+    assert rounds == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+
+
 @pytest.mark.slow(seconds=24)
 def test_int8_v3_runs_entirely_on_xnnpack_and_fp32_gets_the_fused_hard_swish(tmp_path):
     """Float files are converted from x * (ReLU6(x + 3) / 6), one HARD_SWISH op each;
