@@ -36,9 +36,11 @@ def median_seconds(fns, x, repeats, warmup=3):
 
     The functions are timed in alternating rounds, so machine noise hits them
     alike and their ratio is meaningful; each round starts one function later
-    than the last, so none always runs first (the same TFLite file timed first
-    and last in every round measured up to 2% apart). Each call's result is
-    converted to numpy, so asynchronous work is included.
+    than the last, so none always runs first (in a fixed order, one TFLite file
+    timed first and again last in every round measured up to 2% apart; two
+    interpreters of one file still differ by up to 3% here, the floor
+    ``benchmarks/deploy.py`` prints). Each call's result is converted to
+    numpy, so asynchronous work is included.
     """
     return [statistics.median(s) for s in _samples(fns, x, repeats, warmup)]
 
