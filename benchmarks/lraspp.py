@@ -11,14 +11,13 @@ with BatchNormalization statistics from two random images
 (``benchmark.batchnorm_from_data``: int8 of a freshly initialised model gets scales
 no trained model has). Prints a Markdown table with MAdds and the ratio Keras / TFLite.
 
-``--op-profile`` adds, per row, TFLite's op profiler on its fp32 and int8 files
-(``mobilenet_tf.op_profile``, the same threads, ``--repeats`` runs): milliseconds per
-run of each operator, fp32 beside int8.
+``--op-profile`` adds, per row, TFLite's op profiler on the fp32 and int8 files just
+timed (``benchmark.bench``'s ``op_profile``: the same threads, ``--repeats`` runs):
+milliseconds per run of each operator, fp32 beside int8.
 """
 
 import argparse
 import os
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mobilenet_tf  # noqa: E402
-from mobilenet_tf import benchmark, export, op_profile  # noqa: E402
+from mobilenet_tf import benchmark, op_profile  # noqa: E402
 from mobilenet_tf.heads import segmentation  # noqa: E402
 
 
@@ -53,16 +52,17 @@ def main(argv=None):
             model = segmentation.build_lraspp(backbone, num_classes=19, input_shape=(height, width, 3))
             benchmark.batchnorm_from_data(model, rng.uniform(0, 255, (2, height, width, 3)).astype("float32"))
             madds = mobilenet_tf.profile(model).madds
-            keras_ms, fp32_ms = (r["latency_ms"] for r in benchmark.bench(
-                model, ["keras", "tflite"], threads=args.threads, repeats=args.repeats))
+            keras, fp32 = benchmark.bench(model, ["keras", "tflite"], threads=args.threads, repeats=args.repeats,
+                                          op_profile=args.op_profile)
+            keras_ms, fp32_ms = keras["latency_ms"], fp32["latency_ms"]
             int8_ms = "-"
             if not args.no_int8:
                 calibration = [rng.uniform(0, 255, (1, height, width, 3)).astype("float32") for _ in range(4)]
-                int8 = benchmark.bench(model, ["tflite-int8"], threads=args.threads, repeats=args.repeats,
-                                       calibration=calibration)
-                int8_ms = f"{int8[0]['latency_ms']:.0f}"
+                (int8,) = benchmark.bench(model, ["tflite-int8"], threads=args.threads, repeats=args.repeats,
+                                          calibration=calibration, op_profile=args.op_profile)
+                int8_ms = f"{int8['latency_ms']:.0f}"
                 if args.op_profile:
-                    profiles.append((f"{backbone} {size}", profile_pair(model, calibration, args)))
+                    profiles.append((f"{backbone} {size}", [_profile(row, args) for row in (fp32, int8)]))
             print(f"| {backbone} | {height}x{width} | {madds / 1e9:.2f}B | {keras_ms:.0f} | {fp32_ms:.0f} "
                   f"| {keras_ms / fp32_ms:.2f} | {int8_ms} |", flush=True)
     for name, (fp32, int8) in profiles:
@@ -70,13 +70,11 @@ def main(argv=None):
         print(op_profile.comparison_table(fp32, int8))
 
 
-def profile_pair(model, calibration, args):
-    """TFLite's op profiles of ``model``'s fp32 and int8 files (int8 calibrated on
-    ``calibration``, as timed)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export.to_tflite(model, os.path.join(tmp, "fp32.tflite"))
-        int8 = export.to_tflite(model, os.path.join(tmp, "int8.tflite"), "int8", calibration)
-        return tuple(op_profile.op_profile(path, args.threads, args.repeats) for path in (fp32, int8))
+def _profile(row, args):
+    """The ``op_profile.OpProfile`` of a ``benchmark.bench`` TFLite row (its kernels,
+    kept there as JSON-ready dicts)."""
+    kernels = [op_profile.NodeType(k["kernel"], k["nodes"], k["ms"], k["share"]) for k in row["op_profile"]]
+    return op_profile.OpProfile(None, args.threads, args.repeats, kernels, "")
 
 
 if __name__ == "__main__":
